@@ -48,3 +48,115 @@ def kafka_broker(tmp_path_factory):
     broker.start()
     yield broker
     broker.stop()
+
+
+# --- model server (added by the serving area) -------------------------------------------------------
+
+SERVER_TENANTS = ("admin", "finance", "medical", "manufacturing", "legal")
+SERVER_ADAPTERS = ("finance", "medical", "manufacturing", "legal")
+
+
+def make_lora_adapter(base_dir, out_dir, seed: int = 0, rank: int = 4) -> None:
+    """Save an untrained (random, non-zero) PEFT LoRA adapter on the MLA projections of ``base_dir``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True)
+    # init_lora_weights=False: B is random too, so each adapter really changes the output (a test
+    # can tell an adapter was applied); a trained adapter comes from `dsv finetune`.
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, init_lora_weights=False,
+                        target_modules=["q_b_proj", "kv_b_proj"], task_type="CAUSAL_LM")
+    get_peft_model(base, config).save_pretrained(str(out_dir))
+
+
+class ModelServerProcess:
+    """A real ``dsv serve`` subprocess on a free loopback port."""
+
+    def __init__(self, base_url, api_keys, adapters_dir, process, log_path):
+        self.base_url = base_url          # ends in /v1
+        self.api_keys = api_keys          # tenant -> key
+        self.adapters_dir = adapters_dir
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url[: -len("/v1")]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def start_model_server(tmp_dir, model_dir, *, adapters=SERVER_ADAPTERS, extra_args=(), ready_timeout=90.0):
+    """Start ``python -m core.cli serve`` and wait for /ready; returns a ``ModelServerProcess``."""
+    import os
+    import secrets
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    tmp_dir = Path(tmp_dir)
+    adapters_dir = tmp_dir / "adapters"
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(adapters, start=1):
+        if not (adapters_dir / name / "adapter_config.json").exists():
+            make_lora_adapter(model_dir, adapters_dir / name, seed=seed)
+    api_keys = {tenant: f"sk-{tenant}-{secrets.token_hex(8)}" for tenant in SERVER_TENANTS}
+    keys_file = tmp_dir / "api_keys.txt"
+    keys_file.write_text("".join(f"{key}:{tenant}\n" for tenant, key in api_keys.items()))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = tmp_dir / "server.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("DSV_API_KEYS", None)
+    command = [sys.executable, "-m", "core.cli", "serve", "--model", str(model_dir),
+               "--adapters-dir", str(adapters_dir), "--host", "127.0.0.1", "--port", str(port),
+               "--api-keys-file", str(keys_file), *extra_args]
+    repo_root = Path(__file__).resolve().parent.parent
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=repo_root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = ModelServerProcess(f"http://127.0.0.1:{port}/v1", api_keys, adapters_dir, process, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"model server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.root_url}/ready", timeout=1.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_model_server(server)
+            raise RuntimeError(f"model server not ready after {ready_timeout}s:\n{server.log_tail()}")
+        time.sleep(0.2)
+
+
+def stop_model_server(server) -> None:
+    import subprocess
+
+    if server.process.poll() is None:
+        server.process.terminate()  # SIGTERM: uvicorn drains and exits
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory, tiny_model_dir):
+    """A real model server (``dsv serve``) on loopback: tiny base model + four untrained LoRA adapters.
+
+    Yields an object with ``.base_url`` (ends in /v1), ``.api_keys`` (tenant -> key for admin,
+    finance, medical, manufacturing, legal), ``.adapters_dir`` and ``.process``.
+    """
+    server = start_model_server(tmp_path_factory.mktemp("model_server"), tiny_model_dir)
+    yield server
+    stop_model_server(server)

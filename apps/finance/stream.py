@@ -1,0 +1,245 @@
+"""Kafka plumbing behind one small interface, with two implementations.
+
+kafka-python is the client the product names; on two cores its pure-Python protocol code tops out near
+10-18k messages/s (../shared/NOTES.md), so librdkafka (``confluent-kafka``) can serve the hot path. Both
+implement ``Consumer``/``Producer`` below, both are tested against the real broker, and the choice is a
+flag (``--client kafka-python|confluent``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+log = logging.getLogger(__name__)
+
+TOPIC_TX, TOPIC_SCORES, TOPIC_ALERTS = "transactions", "fraud.scores", "fraud.alerts"
+TOPIC_DLQ, TOPIC_ADJUDICATIONS = "transactions.dlq", "fraud.adjudications"
+ALL_TOPICS = (TOPIC_TX, TOPIC_SCORES, TOPIC_ALERTS, TOPIC_DLQ, TOPIC_ADJUDICATIONS)
+CLIENTS = ("confluent", "kafka-python")
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: dict[str, bytes]
+
+
+class DeliveryFailed(RuntimeError):
+    """An output could not be written; the batch's offsets must not be committed."""
+
+
+class Consumer(Protocol):
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
+    def commit(self) -> None: ...
+    def lag(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: bytes, key: bytes | None = None,
+             headers: dict[str, bytes] | None = None) -> None: ...
+    def flush(self, timeout_s: float = 60.0) -> None: ...
+    def close(self) -> None: ...
+
+
+# -- confluent-kafka (librdkafka) ---------------------------------------------------------------------
+
+class ConfluentConsumer:
+    def __init__(self, bootstrap: str, group: str, topics: list[str], max_records: int = 5000):
+        from confluent_kafka import Consumer as _C
+
+        self._c = _C({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                      "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50,
+                      "queued.max.messages.kbytes": 65536, "max.poll.interval.ms": 60000})
+        self._c.subscribe(topics)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        out = []
+        for m in self._c.consume(num_messages=max_records, timeout=timeout_s):
+            if m.error():
+                log.warning("consumer: %s", m.error())
+                continue
+            out.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
+                               dict(m.headers() or [])))
+        return out
+
+    def commit(self) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self._c.commit(asynchronous=False)
+        except KafkaException as exc:  # nothing consumed since the last commit is not an error
+            if "NO_OFFSET" not in str(exc):
+                raise
+
+    def lag(self) -> int:
+        total = 0
+        assignment = self._c.assignment()
+        if not assignment:
+            return 0
+        for tp in self._c.position(assignment):
+            _, high = self._c.get_watermark_offsets(tp, timeout=2, cached=False)
+            total += max(0, high - tp.offset) if tp.offset >= 0 else high
+        return total
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class ConfluentProducer:
+    def __init__(self, bootstrap: str, linger_ms: int = 5):
+        from confluent_kafka import Producer as _P
+
+        self._p = _P({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
+                      "enable.idempotence": False, "queue.buffering.max.messages": 1_000_000,
+                      "batch.num.messages": 10000, "compression.type": "lz4",
+                      "message.timeout.ms": 120000})
+        self._failures: list[str] = []
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def send(self, topic, value, key=None, headers=None) -> None:
+        while True:
+            try:
+                self._p.produce(topic, value, key, on_delivery=self._on_delivery,
+                                headers=list(headers.items()) if headers else None)
+                return
+            except BufferError:  # local queue full: let librdkafka drain it
+                self._p.poll(0.05)
+
+    def flush(self, timeout_s: float = 120.0) -> None:
+        remaining = self._p.flush(timeout_s)
+        if remaining or self._failures:
+            failures, self._failures = self._failures, []
+            raise DeliveryFailed(f"{remaining} undelivered, {len(failures)} failed: {failures[:3]}")
+
+    def close(self) -> None:
+        self._p.flush(10)
+
+
+# -- kafka-python -------------------------------------------------------------------------------------
+
+class KafkaPythonConsumer:
+    def __init__(self, bootstrap: str, group: str, topics: list[str], max_records: int = 5000):
+        from kafka import KafkaConsumer
+
+        self._c = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                                max_poll_records=max_records, fetch_max_wait_ms=50,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
+                        {k: v for k, v in (r.headers or [])})
+                for records in batches.values() for r in records]
+
+    def commit(self) -> None:
+        self._c.commit()
+
+    def lag(self) -> int:
+        assignment = self._c.assignment()
+        if not assignment:
+            return 0
+        ends = self._c.end_offsets(list(assignment))
+        return sum(max(0, ends[tp] - self._c.position(tp)) for tp in assignment)
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class KafkaPythonProducer:
+    def __init__(self, bootstrap: str, linger_ms: int = 5):
+        from kafka import KafkaProducer
+
+        self._p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
+                                batch_size=256 * 1024, retries=2**31 - 1, request_timeout_ms=30000,
+                                max_block_ms=120000)
+        self._futures = []
+
+    def send(self, topic, value, key=None, headers=None) -> None:
+        self._futures.append(self._p.send(topic, value=value, key=key,
+                                          headers=list(headers.items()) if headers else None))
+
+    def flush(self, timeout_s: float = 120.0) -> None:
+        self._p.flush(timeout=timeout_s)
+        futures, self._futures = self._futures, []
+        failed = [f.exception for f in futures if not f.is_done or f.failed()]
+        if failed:
+            raise DeliveryFailed(f"{len(failed)} outputs not delivered: {failed[:3]}")
+
+    def close(self) -> None:
+        self._p.flush(10)
+        self._p.close(timeout=10)
+
+
+def make_consumer(client: str, bootstrap: str, group: str, topics: list[str], max_records: int = 5000) -> Consumer:
+    cls = {"confluent": ConfluentConsumer, "kafka-python": KafkaPythonConsumer}[client]
+    return cls(bootstrap, group, topics, max_records)
+
+
+def make_producer(client: str, bootstrap: str, linger_ms: int = 5) -> Producer:
+    cls = {"confluent": ConfluentProducer, "kafka-python": KafkaPythonProducer}[client]
+    return cls(bootstrap, linger_ms)
+
+
+# -- the broker -------------------------------------------------------------------------------------
+
+def _port_open(bootstrap: str) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def kafka_bootstrap(settings, partitions: int = 4) -> Iterator[str]:
+    """KAFKA_BOOTSTRAP when set; otherwise the embedded broker under DSV_HOME/kafka, shared by every
+    `dsv finance` process of that home (the first one starts it and stops it when it exits)."""
+    from shared.broker import EmbeddedBroker, ensure_topics, wait_for_kafka
+
+    if settings.kafka_bootstrap:
+        wait_for_kafka(settings.kafka_bootstrap, timeout=30)
+        ensure_topics(settings.kafka_bootstrap, {t: partitions for t in ALL_TOPICS})
+        yield settings.kafka_bootstrap
+        return
+    data_dir = Path(settings.home) / "kafka"
+    address_file = data_dir / "bootstrap"
+    if address_file.exists() and _port_open(address_file.read_text().strip()):
+        bootstrap = address_file.read_text().strip()
+        ensure_topics(bootstrap, {t: partitions for t in ALL_TOPICS})
+        log.info("using the embedded broker already running at %s", bootstrap)
+        yield bootstrap
+        return
+    broker = EmbeddedBroker(data_dir)
+    broker.start()
+    address_file.write_text(broker.bootstrap)
+    try:
+        ensure_topics(broker.bootstrap, {t: partitions for t in ALL_TOPICS})
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+        address_file.unlink(missing_ok=True)
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

@@ -1,0 +1,184 @@
+"""MONAI 3D UNet for nodule segmentation: DiceCE training on nodule-balanced patches, sliding-window
+inference. Training runs single-process or under ``torchrun`` (DDP, gloo backend on CPU) unchanged:
+the same ``dsv medical train`` command detects WORLD_SIZE, splits the cases across ranks, and lets
+rank 0 write the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    spacing_mm: float = 1.0
+    patch: int = 48
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_dir: Path
+    out: Path
+    iterations: int = 200
+    samples_per_case: int = 4
+    learning_rate: float = 2e-3
+    seed: int = 0
+    log_every: int = 10
+    model: ModelConfig = ModelConfig()
+
+
+def build_network(cfg: ModelConfig):
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=cfg.channels, strides=cfg.strides,
+                num_res_units=cfg.num_res_units, norm="instance")
+
+
+def load_case(case_dir: Path) -> dict:
+    """One synthetic case as ``{"image", "label"}`` MetaTensors (HU; nodule label) on the native grid."""
+    from .ingest import load_volume, scan_folder
+    from .transforms import to_metatensor
+
+    series, problems = scan_folder(case_dir / "dicom", lambda uid: "train")
+    if len(series) != 1:
+        raise ValueError(f"{case_dir}: expected one CT series, found {len(series)} ({[p.reason for p in problems]})")
+    hu, problem = load_volume(series[0], "train")
+    if problem:
+        raise ValueError(f"{case_dir}: {problem.reason}")
+    mask = np.load(case_dir / "truth" / "mask.npy")
+    if mask.shape != hu.shape:
+        raise ValueError(f"{case_dir}: truth mask shape {mask.shape} != volume {hu.shape}")
+    return {"image": to_metatensor(hu, series[0].affine), "label": to_metatensor(mask.astype(np.float32), series[0].affine),
+            "case": case_dir.name}
+
+
+def _case_dirs(data_dir: Path) -> list[Path]:
+    cases = sorted(p.parent.parent for p in Path(data_dir).glob("*/truth/nodules.json"))
+    if not cases:
+        from shared.io import InputError
+
+        raise InputError(f"{data_dir}: no synthetic cases (expected <case>/truth/nodules.json; run `dsv medical synth`)")
+    return cases
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank(), world
+    return 0, 1
+
+
+def train(cfg: TrainConfig) -> dict:
+    import torch
+    from monai.data import CacheDataset, DataLoader, partition_dataset
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+    from tqdm import tqdm
+
+    from .transforms import training_transforms
+
+    torch.set_num_threads(1)
+    rank, world = _distributed()
+    set_determinism(cfg.seed + rank)
+    cases = _case_dirs(cfg.data_dir)
+    mine = partition_dataset(cases, num_partitions=world, shuffle=True, seed=cfg.seed, even_divisible=True)[rank] if world > 1 else cases
+    items = [load_case(c) for c in mine]
+    ds = CacheDataset(items, transform=training_transforms(cfg.model.spacing_mm, cfg.model.patch, cfg.samples_per_case),
+                      cache_rate=1.0, num_workers=0, progress=False)
+    loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=0)
+    net = build_network(cfg.model)
+    model = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iterations))
+    losses: list[float] = []
+    step_times: list[float] = []
+    it = 0
+    bar = tqdm(total=cfg.iterations, desc=f"train rank {rank}", disable=rank != 0)
+    model.train()
+    while it < cfg.iterations:
+        for batch in loader:
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(batch["image"]), batch["label"])
+            loss.backward()
+            opt.step()
+            sched.step()
+            step_times.append(time.perf_counter() - t0)
+            losses.append(float(loss.detach()))
+            it += 1
+            bar.update(1)
+            if it % cfg.log_every == 0 and rank == 0:
+                log.info("iteration %d/%d loss %.4f (%.2f s/it)", it, cfg.iterations,
+                         float(np.mean(losses[-cfg.log_every:])), float(np.mean(step_times[-cfg.log_every:])))
+            if it >= cfg.iterations:
+                break
+    bar.close()
+    summary = {"iterations": it, "world_size": world, "cases_per_rank": len(items),
+               "seconds_per_iteration": round(float(np.median(step_times)), 4),
+               "first_loss": round(losses[0], 4), "last_loss": round(float(np.mean(losses[-10:])), 4)}
+    if rank == 0:
+        save_checkpoint(cfg.out, net, cfg.model, summary)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def save_checkpoint(path: Path, net, model_cfg: ModelConfig, summary: dict) -> None:
+    import torch
+
+    from shared.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": net.state_dict(), "model_config": asdict(model_cfg), "summary": summary}, tmp)
+    Path(path).with_suffix(".json").write_text(json.dumps({"model_config": asdict(model_cfg), **summary}, indent=1))
+
+
+def load_checkpoint(path: Path):
+    import torch
+
+    from shared.io import InputError
+
+    if not Path(path).exists():
+        raise InputError(f"{path}: model checkpoint not found (train one with `dsv medical train`)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    raw = ckpt["model_config"]
+    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    net = build_network(cfg)
+    net.load_state_dict(ckpt["state_dict"])
+    net.eval()
+    return net, cfg
+
+
+def predict_probability(net, image_scaled, cfg: ModelConfig):
+    """Nodule probability on the canonical grid (sliding window, Gaussian-weighted overlaps)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        logits = sliding_window_inference(image_scaled.as_tensor()[None] if hasattr(image_scaled, "as_tensor") else image_scaled[None],
+                                          roi_size=(cfg.patch,) * 3, sw_batch_size=4, predictor=net,
+                                          overlap=0.25, mode="gaussian")
+        return torch.softmax(logits, dim=1)[0, 1].numpy()

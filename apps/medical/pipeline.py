@@ -1,0 +1,145 @@
+"""End to end: DICOM folder -> per-series findings.json, DICOM-SEG, verified report, dashboard preview.
+
+Output layout (``out/``)::
+
+    summary.json                     series processed + refused (reason, file), all pseudonymised
+    <series pseudonym>/findings.json nodules, geometry, timings, report check result
+    <series pseudonym>/segmentation.dcm   DICOM-SEG over the source series (when nodules were found)
+    <series pseudonym>/report.txt    the released report
+    <series pseudonym>/preview.npz   canonical HU volume + label map for the dashboard
+
+No identifying header value is written: outputs are keyed by keyed-hash pseudonyms and every text goes
+through the series' :class:`~apps.medical.deid.Redactor`. A failure in one series becomes a refusal
+with its reason; the others are still processed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shared.io import atomic_path, write_text_atomic
+
+from .deid import Pseudonymiser, Redactor
+from .ingest import CTSeries, SeriesProblem, load_volume, scan_folder
+from .postprocess import PostprocessConfig, extract_findings
+from .report import ReportConfig, make_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model_path: Path
+    out_dir: Path
+    history: str | None = None
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    write_preview: bool = True
+
+
+class NodulePipeline:
+    def __init__(self, cfg: PipelineConfig, pseudonymise: Pseudonymiser, generate_report=None):
+        from .model import load_checkpoint
+
+        self.cfg = cfg
+        self.pseudonymise = pseudonymise
+        self.generate_report = generate_report or _unavailable
+        self.net, self.model_cfg = load_checkpoint(cfg.model_path)
+
+    def run_folder(self, folder: Path, skip_series: set[str] | None = None) -> dict:
+        folder = Path(folder)
+        series_list, problems = scan_folder(folder, lambda uid: self.pseudonymise(uid, "SER"))
+        redact = Redactor([v for s in series_list for v in s.phi.values()])
+        processed = []
+        for series in series_list:
+            key = self.pseudonymise(series.series_uid, "SER")
+            if skip_series and key in skip_series:
+                continue
+            try:
+                result = self.process_series(series, key, redact)
+            except Exception as exc:  # never let one series take the batch down
+                log.exception("series %s failed", key)
+                result = SeriesProblem(key, f"processing failed ({type(exc).__name__}: {redact(str(exc))[:200]})",
+                                       series.files[0].name, "CT")
+            if isinstance(result, SeriesProblem):
+                problems.append(result)
+            else:
+                processed.append(result)
+        summary = {"input": "(folder given on the command line)", "processed": processed,
+                   "refused": [{**p.as_dict(), "reason": redact(p.reason), "file": redact(p.file)} for p in problems]}
+        write_text_atomic(Path(self.cfg.out_dir) / "summary.json", json.dumps(summary, indent=1))
+        log.info("%d series processed, %d refused", len(processed), len(problems))
+        return summary
+
+    def process_series(self, series: CTSeries, key: str, redact: Redactor) -> dict | SeriesProblem:
+        from .model import predict_probability
+        from .seg_output import native_label_map, write_segmentation
+        from .transforms import canonical_transforms, scale_transform, to_metatensor
+
+        timings = {}
+        t0 = time.perf_counter()
+        hu, problem = load_volume(series, key)
+        if problem:
+            return problem
+        canonical = canonical_transforms(("image",), self.model_cfg.spacing_mm)({"image": to_metatensor(hu, series.affine)})
+        hu_c = canonical["image"]
+        affine_c = np.asarray(hu_c.affine, dtype=float)
+        scaled = scale_transform()({"image": hu_c.clone()})["image"]
+        timings["load_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prob = predict_probability(self.net, scaled, self.model_cfg)
+        timings["inference_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        image_numbers = [int(h.get("InstanceNumber", i + 1) or i + 1) for i, h in enumerate(series.headers)]
+        hu_np = hu_c.numpy()[0]
+        findings, labels_c = extract_findings(prob, hu_np, affine_c, series.affine, series.shape, image_numbers,
+                                              self.cfg.postprocess)
+        nodules = [f.as_dict() for f in findings]
+        timings["postprocess_s"] = time.perf_counter() - t0
+        first = series.headers[0]
+        patient = self.pseudonymise(f"{first.get('PatientID', '')}|{first.get('PatientName', '')}", "PAT")
+        history = redact(self.cfg.history) if self.cfg.history else None
+        t0 = time.perf_counter()
+        report = make_report(nodules, history, self.generate_report, self.cfg.report)
+        timings["report_s"] = time.perf_counter() - t0
+        report["text"] = redact(report["text"])
+        for attempt in report["attempts"]:
+            if "text" in attempt:
+                attempt["text"] = redact(attempt["text"])
+        with atomic_path(Path(self.cfg.out_dir) / key, is_dir=True) as tmp:
+            seg_uid = None
+            if findings:
+                t0 = time.perf_counter()
+                labels_native = native_label_map(labels_c, affine_c, series.affine, series.shape)
+                seg_uid = write_segmentation(tmp / "segmentation.dcm", series.headers, labels_native, findings, patient)
+                timings["seg_s"] = time.perf_counter() - t0
+            record = {
+                "series": key, "patient": patient, "study": self.pseudonymise(str(first.get("StudyInstanceUID", "")), "STU"),
+                "modality": "CT", "slices": len(series.files),
+                "native_spacing_mm": [round(v, 4) for v in series.spacing_mm],
+                "analysis_spacing_mm": self.model_cfg.spacing_mm,
+                "nodule_count": len(nodules), "nodules": nodules,
+                "segmentation": {"file": "segmentation.dcm", "sop_instance_uid": seg_uid} if seg_uid else None,
+                "report": {k: v for k, v in report.items() if k != "text"},
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                "coordinates": "patient LPS mm (DICOM)",
+                "note": "model trained on synthetic CT only; not for clinical use",
+            }
+            (tmp / "findings.json").write_text(json.dumps(record, indent=1))
+            (tmp / "report.txt").write_text(report["text"] + "\n")
+            if self.cfg.write_preview:
+                np.savez_compressed(tmp / "preview.npz", hu=np.clip(hu_np, -1024, 3071).astype(np.int16),
+                                    labels=labels_c.astype(np.int16), spacing_mm=np.float32(self.model_cfg.spacing_mm))
+        log.info("series %s: %d nodule(s), report %s (verified=%s) in %.2f s", key, len(nodules), report["source"],
+                 report["verified"], timings["report_s"])
+        return {"series": key, "nodule_count": len(nodules), "report_source": report["source"],
+                "report_verified": report["verified"], "timings_s": record["timings_s"]}
+
+
+def _unavailable(findings, history, attempt):
+    raise ConnectionError("no model client configured")

@@ -1,0 +1,112 @@
+"""From a probability map to a nodule list: connected components measured in patient coordinates.
+
+Measurements are taken on the canonical isotropic grid (so a diameter does not depend on the scanner's
+slice thickness): centre = mean voxel position through the affine (patient LPS mm), longest diameter
+= largest distance between two voxel centres of the component plus one voxel, volume = voxel count x
+voxel volume, mean HU, and type from the share of solid voxels (> -300 HU): solid, part-solid or
+ground glass. Each finding also carries a location (patient side and zone of the scanned range)
+and the nearest source image number, the kind of references a report uses.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SOLID_HU = -300.0
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    threshold: float = 0.5
+    min_volume_mm3: float = 8.0   # below ~2.5 mm diameter: noise, not a reportable nodule
+
+
+@dataclass
+class Finding:
+    id: int
+    center_mm: list[float]
+    longest_diameter_mm: float
+    volume_mm3: float
+    mean_hu: float
+    type: str
+    score: float
+    side: str
+    zone: str
+    image_number: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def nodule_type(hu_values: np.ndarray) -> str:
+    solid_share = float((hu_values > SOLID_HU).mean())
+    if solid_share >= 0.6:
+        return "solid"
+    if solid_share <= 0.15:
+        return "ground glass"
+    return "part-solid"
+
+
+def _longest_diameter(points_mm: np.ndarray, voxel_mm: float) -> float:
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+
+    pts = points_mm
+    if len(pts) > 64:
+        try:  # the farthest pair lies on the convex hull: far fewer points to compare
+            pts = pts[ConvexHull(pts).vertices]
+        except Exception:  # flat / degenerate component
+            pass
+    return float(pdist(pts).max() if len(pts) > 1 else 0.0) + voxel_mm
+
+
+def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, native_affine: np.ndarray,
+                     native_shape: tuple[int, int, int], image_numbers: list[int],
+                     cfg: PostprocessConfig = PostprocessConfig()) -> tuple[list[Finding], np.ndarray]:
+    """Components of ``prob > threshold`` on the canonical grid; returns findings and their label map."""
+    import torch
+    from monai.transforms import RemoveSmallObjects
+    from scipy import ndimage
+
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    voxel_mm = voxel_mm3 ** (1 / 3)
+    binary = prob > cfg.threshold
+    min_voxels = max(1, int(np.ceil(cfg.min_volume_mm3 / voxel_mm3)))
+    binary = RemoveSmallObjects(min_size=min_voxels)(torch.as_tensor(binary)[None]).numpy()[0].astype(bool)
+    comp, n = ndimage.label(binary)
+    # Patient side and zone relative to the scanned volume (the scan is centred on the chest).
+    corners = np.array([[i, j, k, 1] for i in (0, native_shape[0] - 1) for j in (0, native_shape[1] - 1)
+                        for k in (0, native_shape[2] - 1)], dtype=float) @ native_affine.T
+    mid_x = corners[:, 0].mean()
+    z_lo, z_hi = corners[:, 2].min(), corners[:, 2].max()
+    native_inv = np.linalg.inv(native_affine)
+    findings: list[Finding] = []
+    labels_out = np.zeros(comp.shape, dtype=np.int16)
+    for idx in range(1, n + 1):
+        vox = np.argwhere(comp == idx)
+        mm = np.c_[vox, np.ones(len(vox))] @ affine.T
+        center = mm[:, :3].mean(0)
+        values = hu[comp == idx]
+        frac = (center[2] - z_lo) / max(z_hi - z_lo, 1e-6)
+        k_native = int(np.clip(round((native_inv @ np.r_[center, 1.0])[2]), 0, native_shape[2] - 1))
+        findings.append(Finding(
+            id=0, center_mm=[round(float(v), 1) for v in center],
+            longest_diameter_mm=round(_longest_diameter(mm[:, :3], voxel_mm), 1),
+            volume_mm3=round(len(vox) * voxel_mm3, 1), mean_hu=round(float(values.mean()), 0),
+            type=nodule_type(values), score=round(float(prob[comp == idx].max()), 3),
+            side="left" if center[0] > mid_x else "right",  # LPS: +x points to the patient's left
+            zone="upper" if frac > 2 / 3 else "middle" if frac > 1 / 3 else "lower",
+            image_number=int(image_numbers[k_native]),
+        ))
+        labels_out[comp == idx] = idx
+    # Largest first, renumbered so that ids in the report, the SEG and the label map agree.
+    order = sorted(range(len(findings)), key=lambda i: -findings[i].longest_diameter_mm)
+    relabelled = np.zeros_like(labels_out)
+    result = []
+    for new_id, old in enumerate(order, start=1):
+        f = findings[old]
+        f.id = new_id
+        relabelled[labels_out == old + 1] = new_id
+        result.append(f)
+    return result, relabelled

@@ -1,0 +1,136 @@
+"""Radiology report: structured template, fact check against findings.json, and the release policy.
+
+Policy (``make_report``): ask the ``medical`` adapter for a report; check every number, size, count,
+nodule reference and location in it against the findings; if the check fails, regenerate once
+(sampling, different seed) while the time budget allows; if it still fails or the server is down,
+release the structured template instead. The check result and every attempt are recorded.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+NUMBER_WORDS = {"no": 0, "zero": 0, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+                "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+_NUM = r"-?\d+(?:\.\d+)?"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    time_budget_s: float = 3.2
+    max_tokens: int = 220
+    max_attempts: int = 2
+
+
+@dataclass
+class Verification:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    numbers_checked: int = 0
+
+
+def finding_line(f: dict) -> str:
+    return (f"Nodule {f['id']}: {f['type']}, {f['longest_diameter_mm']:.1f} mm longest diameter, "
+            f"volume {f['volume_mm3']:.1f} mm3, mean {f['mean_hu']:.0f} HU, {f['side']} {f['zone']} zone, "
+            f"image {f['image_number']}.")
+
+
+def template_report(findings: list[dict], history: str | None) -> str:
+    lines = ["CT CHEST - AUTOMATED LUNG NODULE ANALYSIS"]
+    if history:
+        lines.append(f"Clinical history: {history.strip()}")
+    if not findings:
+        lines += ["Findings: no pulmonary nodules detected.", "Impression: no pulmonary nodules detected."]
+        return "\n".join(lines)
+    n = len(findings)
+    lines.append(f"Findings: {n} pulmonary nodule{'s' if n > 1 else ''} detected.")
+    lines += [finding_line(f) for f in findings]
+    largest = max(findings, key=lambda f: f["longest_diameter_mm"])
+    lines.append(f"Impression: {n} pulmonary nodule{'s' if n > 1 else ''}; largest {largest['longest_diameter_mm']:.1f} mm "
+                 f"({largest['type']}, {largest['side']} {largest['zone']} zone).")
+    return "\n".join(lines)
+
+
+def verify_report(text: str, findings: list[dict], history: str | None = None) -> Verification:
+    """Every quantitative or locating statement must be backed by the findings (or the given history)."""
+    problems: list[str] = []
+    n = len(findings)
+    body = text
+    if history:
+        body = body.replace(history.strip(), " ")  # numbers the requester gave us are not ours to check
+    body_l = body.lower()
+    diameters = [float(f["longest_diameter_mm"]) for f in findings]
+    allowed: set[float] = {float(n)}
+    for f in findings:
+        allowed |= {float(f["id"]), float(f["longest_diameter_mm"]), float(f["volume_mm3"]), float(f["mean_hu"]),
+                    float(f["image_number"]), *map(float, f["center_mm"])}
+    # Sizes: a number followed by mm/cm must be one of the nodule diameters.
+    checked = 0
+    size_spans = []
+    for m in re.finditer(rf"({_NUM})\s*(mm|cm)\b(?!\s*(?:3|\^3|³))", body_l):
+        checked += 1
+        size_spans.append(m.span(1))
+        value = float(m.group(1)) * (10 if m.group(2) == "cm" else 1)
+        if not any(abs(value - d) <= 0.15 for d in diameters):
+            problems.append(f"size {m.group(0)!r} matches no nodule diameter")
+    # Counts: "<n> nodules" must equal the number of findings.
+    count_words = "|".join(NUMBER_WORDS)
+    for m in re.finditer(rf"\b(\d+|{count_words})\s+(?:pulmonary\s+|lung\s+|small\s+)?nodules?\b", body_l):
+        word = m.group(1)
+        count = int(word) if word.isdigit() else NUMBER_WORDS[word]
+        checked += 1
+        if count != n:
+            problems.append(f"count {m.group(0)!r} but {n} nodule(s) were found")
+    # References: "nodule <k>" must exist.
+    for m in re.finditer(r"nodule\s+#?(\d+)", body_l):
+        checked += 1
+        if not 1 <= int(m.group(1)) <= n:
+            problems.append(f"reference {m.group(0)!r} to a nodule that does not exist")
+    # Every other number must be one we produced (ids, sizes, volumes, HU, image numbers, coordinates).
+    stripped = re.sub(r"mm(?:3|\^3|³)", "mm", body_l)
+    for m in re.finditer(_NUM, stripped):
+        if any(a <= m.start() < b for a, b in size_spans):
+            continue
+        checked += 1
+        value = float(m.group(0))
+        tol = max(0.15, abs(value) * 0.005)
+        if not any(abs(value - a) <= tol for a in allowed):
+            problems.append(f"number {m.group(0)!r} is not in the findings")
+    # Locations: side + zone pairs must belong to some nodule.
+    pairs = {(f["side"], f["zone"]) for f in findings}
+    for m in re.finditer(r"\b(right|left)\s+(upper|middle|lower)\b", body_l):
+        checked += 1
+        if (m.group(1), m.group(2)) not in pairs:
+            problems.append(f"location {m.group(0)!r} matches no nodule")
+    if n and re.search(r"\bno (?:pulmonary )?nodules?\b", body_l):
+        problems.append("says no nodules although nodules were found")
+    if n and checked == 0:
+        problems.append("report states no measurement at all")
+    return Verification(ok=not problems, problems=problems[:20], numbers_checked=checked)
+
+
+def make_report(findings: list[dict], history: str | None, generate, cfg: ReportConfig = ReportConfig()) -> dict:
+    """``generate(findings, history, attempt) -> str`` calls the LLM (raises when it is unavailable)."""
+    start = time.perf_counter()
+    attempts = []
+    for attempt in range(cfg.max_attempts):
+        elapsed = time.perf_counter() - start
+        if attempt and elapsed > cfg.time_budget_s / 2:
+            attempts.append({"attempt": attempt, "skipped": f"time budget: {elapsed:.2f} s of {cfg.time_budget_s} s used"})
+            break
+        try:
+            text = generate(findings, history, attempt)
+        except Exception as exc:  # server down or refusing: the template still goes out, labelled
+            attempts.append({"attempt": attempt, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            break
+        check = verify_report(text, findings, history)
+        attempts.append({"attempt": attempt, "verification": asdict(check), "text": text})
+        if check.ok:
+            return {"text": text, "source": "llm:medical", "verified": True, "verification": asdict(check),
+                    "attempts": attempts, "seconds": round(time.perf_counter() - start, 3)}
+    text = template_report(findings, history)
+    check = verify_report(text, findings, history)
+    reason = "model server unavailable" if attempts and "error" in attempts[-1] else "LLM report failed verification"
+    return {"text": text, "source": "template", "verified": check.ok, "verification": asdict(check),
+            "fallback_reason": reason, "attempts": attempts, "seconds": round(time.perf_counter() - start, 3)}

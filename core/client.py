@@ -1,0 +1,198 @@
+"""The one way the apps reach a language model: an OpenAI-compatible server (``dsv serve`` or vLLM).
+
+Chat goes through the official ``openai`` client, so pointing an app at vLLM on a GPU cluster is only a
+different base URL (``DSV_SERVER_URL``). Scoring uses our ``POST /v1/score`` (exact sequence
+log-probabilities of each label, no generation); a server without it (vLLM answers 404) is scored
+through ``/v1/completions`` with ``max_tokens=1`` and ``logprobs``, matching each label's first token.
+
+Every failure to reach the server (refused connection, timeout, overload, 5xx) becomes
+``ModelUnavailable`` so that apps can switch to their clearly-labelled fallback in one ``except``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+
+#: How many top tokens the vLLM fallback asks for (vLLM's default ``max_logprobs`` is 20).
+_FALLBACK_TOP_LOGPROBS = 20
+
+
+class ModelUnavailable(RuntimeError):
+    """The model server cannot be reached or cannot answer now (down, timing out, overloaded)."""
+
+
+class ModelRequestError(RuntimeError):
+    """The server answered but refused the request (bad input, unknown model, forbidden adapter)."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+
+
+class ModelClient:
+    """A small, thread-safe client for the OpenAI-compatible model server."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0, max_retries: int = 2):
+        import openai
+
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        # The openai client insists on a key; servers without auth (vLLM default) ignore it.
+        self._openai = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY",
+                                     timeout=timeout, max_retries=max_retries)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(timeout=timeout, headers=headers)
+
+    @classmethod
+    def from_settings(cls, settings) -> "ModelClient":
+        return cls(settings.server_url, settings.api_key)
+
+    # -- OpenAI API -------------------------------------------------------------------------------
+
+    def chat(self, model: str, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
+             seed: int | None = None, stop: list[str] | None = None) -> str:
+        """Send a chat completion and return the assistant's text."""
+        with self._translate_errors():
+            response = self._openai.chat.completions.create(
+                model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                seed=seed, stop=stop,
+            )
+        return response.choices[0].message.content or ""
+
+    def models(self) -> list[str]:
+        """Model ids the server offers: the base and every adapter."""
+        with self._translate_errors():
+            return [m.id for m in self._openai.models.list()]
+
+    def available(self, timeout: float = 2.0) -> bool:
+        """True when the server answers ``/health`` within ``timeout`` seconds."""
+        try:
+            return self._http.get(f"{self._root_url}/health", timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # -- scoring ----------------------------------------------------------------------------------
+
+    def score(self, model: str, prompt: str, labels: list[str]) -> dict[str, float]:
+        """Probability of each label as the continuation of ``prompt`` (normalised over ``labels``)."""
+        if not labels:
+            raise ValueError("labels: at least one label is required")
+        response = self._post(f"{self.base_url}/score", {"model": model, "prompt": prompt, "labels": labels})
+        if response.status_code in (404, 405) and _is_missing_route(response):
+            return self._score_by_completion(model, prompt, labels)
+        self._raise_for_status(response)
+        return {item["label"]: float(item["probability"]) for item in response.json()["data"]}
+
+    def _score_by_completion(self, model: str, prompt: str, labels: list[str]) -> dict[str, float]:
+        """Fallback for servers without /v1/score (vLLM): next-token logprobs over label first tokens.
+
+        An approximation: only each label's first token is scored, and a label whose first token is
+        outside the server's top-N counts as (almost) impossible.
+        """
+        response = self._post(f"{self.base_url}/completions", {
+            "model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+            "logprobs": _FALLBACK_TOP_LOGPROBS,
+        })
+        self._raise_for_status(response)
+        top: dict[str, float] = (response.json()["choices"][0].get("logprobs") or {}).get("top_logprobs", [{}])[0]
+        logprobs = {label: _first_token_logprob(label, top) for label in labels}
+        return _normalise(logprobs)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _root_url(self) -> str:
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+
+    def _post(self, url: str, payload: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._http.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            raise ModelUnavailable(f"model server at {self.base_url} unreachable: {exc}") from exc
+
+    def _raise_for_status(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        message = _error_message(response)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise ModelUnavailable(f"model server busy or failing ({response.status_code}): {message}")
+        raise ModelRequestError(response.status_code, message)
+
+    def _translate_errors(self):
+        return _OpenAIErrors(self.base_url)
+
+    def close(self) -> None:
+        self._http.close()
+        self._openai.close()
+
+
+class _OpenAIErrors:
+    """Turn the openai package's connection/overload errors into ModelUnavailable."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import openai
+
+        if exc is None:
+            return False
+        if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError)):
+            raise ModelUnavailable(f"model server at {self.base_url} unreachable: {exc}") from exc
+        if isinstance(exc, openai.APIStatusError):
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise ModelUnavailable(f"model server busy or failing ({exc.status_code}): {exc.message}") from exc
+            raise ModelRequestError(exc.status_code, exc.message) from exc
+        return False
+
+
+def _is_missing_route(response: httpx.Response) -> bool:
+    """A 404/405 for the route itself, not an 'unknown model' answer from a server that has the route."""
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    if not isinstance(body, dict):
+        return True
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code not in ("model_not_found", "adapter_not_found")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message"))
+        return str(body.get("message") or body.get("detail") or body)
+    return str(body)
+
+
+def _first_token_logprob(label: str, top: dict[str, float]) -> float:
+    """Logprob of the longest top token that starts ``label`` (with or without a leading space)."""
+    best, best_len = -math.inf, 0
+    for token, logprob in top.items():
+        stripped = token.lstrip(" Ġ▁")
+        if stripped and label.startswith(stripped) and len(stripped) > best_len:
+            best, best_len = logprob, len(stripped)
+    return best
+
+
+def _normalise(logprobs: dict[str, float]) -> dict[str, float]:
+    finite = [v for v in logprobs.values() if v != -math.inf]
+    if not finite:  # none of the labels was in the top-N: no information, say so evenly
+        return {label: 1.0 / len(logprobs) for label in logprobs}
+    peak = max(finite)
+    weights = {label: math.exp(v - peak) if v != -math.inf else 0.0 for label, v in logprobs.items()}
+    total = sum(weights.values())
+    return {label: w / total for label, w in weights.items()}

@@ -220,13 +220,17 @@ class Registry:
     # -- model registry ------------------------------------------------------------------------
 
     def register(self, name: str, source_path: str | os.PathLike, run_id: str | None,
-                 tags: Mapping[str, Any] | None = None) -> int:
-        """Register the on-disk directory ``source_path`` as a new version of ``name``; returns it."""
+                 tags: Mapping[str, Any] | None = None, *, check_path: bool = True) -> int:
+        """Register the on-disk directory ``source_path`` as a new version of ``name``; returns it.
+
+        ``check_path=False`` is for a caller that registers just before renaming its files into
+        place (and deletes the version if the rename fails).
+        """
         from mlflow.exceptions import MlflowException
 
         _check_name(name)
         source = Path(source_path).resolve()
-        if not source.exists():
+        if check_path and not source.exists():
             raise InputError(f"{source}: cannot register {name!r}: path does not exist")
         try:
             self._client.get_registered_model(name)

@@ -130,8 +130,8 @@ def ensure_model(settings: Settings, say=print) -> None:
     except ModuleNotFoundError:
         say("model: core.model.build is not part of this checkout; not building deepseek-tiny")
         return
-    result = build.ensure_default_model(settings)
-    say(f"model: {result if result is not None else settings.default_model_dir}")
+    path = build.ensure_default_model(settings, report=lambda line: say(f"model: {line}"))
+    say(f"model: serving {path}")
 
 
 def cmd_run(args, settings: Settings) -> int:

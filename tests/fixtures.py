@@ -58,17 +58,28 @@ SERVER_ADAPTERS = ("finance", "medical", "manufacturing", "legal")
 
 def make_lora_adapter(base_dir, out_dir, seed: int = 0, rank: int = 4) -> None:
     """Save an untrained (random, non-zero) PEFT LoRA adapter on the MLA projections of ``base_dir``."""
+    make_lora_adapters(base_dir, {out_dir: seed}, rank=rank)
+
+
+def make_lora_adapters(base_dir, seeds_by_dir: dict, rank: int = 4) -> None:
+    """Several untrained adapters from one base load (one per ``{out_dir: seed}``)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True)
     # init_lora_weights=False: B is random too, so each adapter really changes the output (a test
     # can tell an adapter was applied); a trained adapter comes from `dsv finetune`.
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, init_lora_weights=False,
                         target_modules=["q_b_proj", "kv_b_proj"], task_type="CAUSAL_LM")
-    get_peft_model(base, config).save_pretrained(str(out_dir))
+    model = get_peft_model(base, config)
+    for out_dir, seed in seeds_by_dir.items():
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) / param.shape[-1] ** 0.5)
+        model.save_pretrained(str(out_dir))
 
 
 class ModelServerProcess:
@@ -89,7 +100,7 @@ class ModelServerProcess:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def start_model_server(tmp_dir, model_dir, *, adapters=SERVER_ADAPTERS, extra_args=(), ready_timeout=90.0):
+def start_model_server(tmp_dir, model_dir, *, adapters=SERVER_ADAPTERS, extra_args=(), ready_timeout=180.0):
     """Start ``python -m core.cli serve`` and wait for /ready; returns a ``ModelServerProcess``."""
     import os
     import secrets
@@ -104,9 +115,10 @@ def start_model_server(tmp_dir, model_dir, *, adapters=SERVER_ADAPTERS, extra_ar
     tmp_dir = Path(tmp_dir)
     adapters_dir = tmp_dir / "adapters"
     adapters_dir.mkdir(parents=True, exist_ok=True)
-    for seed, name in enumerate(adapters, start=1):
-        if not (adapters_dir / name / "adapter_config.json").exists():
-            make_lora_adapter(model_dir, adapters_dir / name, seed=seed)
+    missing = {adapters_dir / name: seed for seed, name in enumerate(adapters, start=1)
+               if not (adapters_dir / name / "adapter_config.json").exists()}
+    if missing:
+        make_lora_adapters(model_dir, missing)
     api_keys = {tenant: f"sk-{tenant}-{secrets.token_hex(8)}" for tenant in SERVER_TENANTS}
     keys_file = tmp_dir / "api_keys.txt"
     keys_file.write_text("".join(f"{key}:{tenant}\n" for tenant, key in api_keys.items()))

@@ -54,6 +54,21 @@ class Producer(Protocol):
 
 # -- confluent-kafka (librdkafka) ---------------------------------------------------------------------
 
+def _rebalance_codes() -> set:
+    from confluent_kafka import KafkaError
+
+    return {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
+            KafkaError._STATE}
+
+
+class _LazyCodes:
+    def __contains__(self, code) -> bool:
+        return code in _rebalance_codes()
+
+
+_REBALANCE_CODES = _LazyCodes()
+
+
 class ConfluentConsumer:
     def __init__(self, bootstrap: str, group: str, topics: list[str], max_records: int = 5000):
         from confluent_kafka import Consumer as _C
@@ -75,13 +90,20 @@ class ConfluentConsumer:
         return out
 
     def commit(self) -> None:
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
         try:
             self._c.commit(asynchronous=False)
-        except KafkaException as exc:  # nothing consumed since the last commit is not an error
-            if "NO_OFFSET" not in str(exc):
-                raise
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code == KafkaError._NO_OFFSET:  # nothing consumed since the last commit
+                return
+            if code in _REBALANCE_CODES:
+                # The partitions moved during the batch. Its outputs are already flushed; the new owner
+                # replays from the last committed offset, so this costs duplicates, never losses.
+                log.warning("commit lost to a rebalance (%s); the batch will be replayed", exc)
+                return
+            raise
 
     def lag(self) -> int:
         total = 0
@@ -149,7 +171,12 @@ class KafkaPythonConsumer:
                 for records in batches.values() for r in records]
 
     def commit(self) -> None:
-        self._c.commit()
+        from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
+
+        try:
+            self._c.commit()
+        except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError) as exc:
+            log.warning("commit lost to a rebalance (%s); the batch will be replayed", exc)
 
     def lag(self) -> int:
         assignment = self._c.assignment()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from apps.legal.statutes import Statute, load_statutes
 from shared.io import atomic_path
 
 BLOCK = 10_000
+ZH_ARTICLE_NO = re.compile(r"^第[零〇一二两三四五六七八九十百千]+条$")
 TENANTS = ("firm-a", "firm-b", "firm-c")
 
 ZH_SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈")
@@ -84,7 +86,8 @@ def _pools() -> tuple[dict[str, list[Statute]], dict[str, list[Statute]]]:
     zh: dict[str, list[Statute]] = {}
     en: dict[str, list[Statute]] = {}
     for s in load_statutes():
-        if s.language == "zh" and 15 <= len(s.text) <= 220:
+        # Only articles numbered 第X条 (a few decisions number items 条目七, which nobody cites so).
+        if s.language == "zh" and 15 <= len(s.text) <= 220 and ZH_ARTICLE_NO.match(s.article):
             zh.setdefault(s.department, []).append(s)
         elif s.language == "en" and len(s.text) >= 80:
             en.setdefault(s.department, []).append(s)

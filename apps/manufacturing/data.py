@@ -171,8 +171,8 @@ def read_table(path: str | Path, *, skip_bad: bool = False,
         parts = [read_table(f, skip_bad=skip_bad, sensors=sensors) for f in files]
         frame = pd.concat([p[0] for p in parts], ignore_index=True)
         frame, merged = validate_frame(frame, str(path), "merged", skip_bad=True, sensors=sensors)
+        merged.rows_read = sum(rep.rows_read for _, rep in parts)
         for _, rep in parts:
-            merged.rows_read += 0
             merged.n_bad_rows += rep.n_bad_rows
             merged.bad_rows.extend(rep.bad_rows[:5])
             merged.out_of_order += rep.out_of_order
@@ -249,14 +249,18 @@ class KafkaSensorReader:
         rows: list[dict] = []
         report = ReadReport(source="kafka:sensors")
         deadline = time.monotonic() + timeout_s
-        got_any = False
+        empty_after_assignment = 0
         while time.monotonic() < deadline and len(rows) < max_records:
             batch = self.consumer.poll(timeout_ms=500)
             if not batch:
-                if got_any:
-                    break
+                # Joining the group takes a moment; once partitions are assigned, two empty polls
+                # in a row mean we have caught up with the topic.
+                if self.consumer.assignment():
+                    empty_after_assignment += 1
+                    if empty_after_assignment >= 2:
+                        break
                 continue
-            got_any = True
+            empty_after_assignment = 0
             for tp, messages in batch.items():
                 for msg in messages:
                     where = f"kafka:{tp.topic}[{tp.partition}]@{msg.offset}"

@@ -66,10 +66,11 @@ class HistoryStore:
         """Hysteresis state and last scored window end per device (fresh for unknown devices)."""
         rows = pd.read_sql_query("SELECT * FROM device_state", self.conn).set_index("device_id")
         rows = rows.reindex(pd.Index(device_ids, name="device_id"))
-        st = HysteresisState(rows["low_streak"].fillna(0).to_numpy(np.int64),
-                             rows["high_streak"].fillna(0).to_numpy(np.int64),
-                             rows["in_alert"].fillna(0).to_numpy().astype(bool))
-        return st, rows["last_ts"].fillna(-1).to_numpy(np.int64)
+        # np.array copies: pandas hands out read-only views and the scheduler updates these in place.
+        st = HysteresisState(np.array(rows["low_streak"].fillna(0), dtype=np.int64),
+                             np.array(rows["high_streak"].fillna(0), dtype=np.int64),
+                             np.array(rows["in_alert"].fillna(0), dtype=bool))
+        return st, np.array(rows["last_ts"].fillna(-1), dtype=np.int64)
 
     def save_cycle(self, cycle: dict, scores: pd.DataFrame, state: pd.DataFrame, meta: dict) -> None:
         with self.conn:  # one transaction: all of the cycle or none of it

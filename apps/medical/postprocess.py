@@ -20,6 +20,7 @@ SOLID_HU = -300.0
 class PostprocessConfig:
     threshold: float = 0.5
     min_volume_mm3: float = 8.0   # below ~2.5 mm diameter: noise, not a reportable nodule
+    max_findings: int = 30        # keep the most confident ones; more is a failed scan, not a report
 
 
 @dataclass
@@ -82,31 +83,31 @@ def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, nativ
     z_lo, z_hi = corners[:, 2].min(), corners[:, 2].max()
     native_inv = np.linalg.inv(native_affine)
     findings: list[Finding] = []
-    labels_out = np.zeros(comp.shape, dtype=np.int16)
-    for idx in range(1, n + 1):
-        vox = np.argwhere(comp == idx)
+    for idx, box in enumerate(ndimage.find_objects(comp), start=1):
+        if box is None:
+            continue
+        local = comp[box] == idx
+        offset = np.array([sl.start for sl in box])
+        vox = np.argwhere(local) + offset
         mm = np.c_[vox, np.ones(len(vox))] @ affine.T
         center = mm[:, :3].mean(0)
-        values = hu[comp == idx]
+        values = hu[box][local]
         frac = (center[2] - z_lo) / max(z_hi - z_lo, 1e-6)
         k_native = int(np.clip(round((native_inv @ np.r_[center, 1.0])[2]), 0, native_shape[2] - 1))
         findings.append(Finding(
-            id=0, center_mm=[round(float(v), 1) for v in center],
+            id=idx, center_mm=[round(float(v), 1) for v in center],
             longest_diameter_mm=round(_longest_diameter(mm[:, :3], voxel_mm), 1),
             volume_mm3=round(len(vox) * voxel_mm3, 1), mean_hu=round(float(values.mean()), 0),
-            type=nodule_type(values), score=round(float(prob[comp == idx].max()), 3),
+            type=nodule_type(values), score=round(float(prob[box][local].max()), 3),
             side="left" if center[0] > mid_x else "right",  # LPS: +x points to the patient's left
             zone="upper" if frac > 2 / 3 else "middle" if frac > 1 / 3 else "lower",
             image_number=int(image_numbers[k_native]),
         ))
-        labels_out[comp == idx] = idx
+    findings = sorted(findings, key=lambda f: -f.score)[:cfg.max_findings]
     # Largest first, renumbered so that ids in the report, the SEG and the label map agree.
-    order = sorted(range(len(findings)), key=lambda i: -findings[i].longest_diameter_mm)
-    relabelled = np.zeros_like(labels_out)
-    result = []
-    for new_id, old in enumerate(order, start=1):
-        f = findings[old]
+    findings.sort(key=lambda f: -f.longest_diameter_mm)
+    relabelled = np.zeros(comp.shape, dtype=np.int16)
+    for new_id, f in enumerate(findings, start=1):
+        relabelled[comp == f.id] = new_id
         f.id = new_id
-        relabelled[labels_out == old + 1] = new_id
-        result.append(f)
-    return result, relabelled
+    return findings, relabelled

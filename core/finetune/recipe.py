@@ -63,6 +63,8 @@ class FinetuneResult:
     total_params: int
     tokens_per_second: float
     resumed_from_step: int | None = None
+    initial_eval_loss: float | None = None
+    """Validation loss of base + fresh adapter before any step (the reference "loss falls" is against)."""
     eval_metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     registered_version: str | None = None
@@ -305,7 +307,8 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
     fingerprint = config_fingerprint(config)
     ckpt_path = checkpoint_dir / CHECKPOINT_FILE
     position = {"stage": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
-                "reports": [asdict(r) for r in reports], "tokens": 0, "train_seconds": 0.0}
+                "reports": [asdict(r) for r in reports], "tokens": 0, "train_seconds": 0.0,
+                "initial_eval_loss": None}
     resumed_from = None
     if tcfg.resume and ckpt_path.exists():
         position = load_checkpoint(ckpt_path, model, optimizer, scheduler, fingerprint)
@@ -327,6 +330,9 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
                 if report.mix_counts:
                     run.log_metrics({f"{report.name}_mix_count_{k}": v for k, v in report.mix_counts.items()}, step=0)
 
+        if resumed_from is None and val_data is not None:
+            position["initial_eval_loss"] = evaluate_loss(model, val_data, tcfg.batch_size, pad_id, dist)
+            run.log_metrics({"eval_loss": position["initial_eval_loss"]}, step=0)
         global_step = position["global_step"]
         history: list[tuple[int, float]] = [tuple(h) for h in position["history"]]
         tokens_seen, train_seconds = position["tokens"], position["train_seconds"]
@@ -345,8 +351,11 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
                 sampler.set_epoch(epoch)
                 skip = position["step_in_epoch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
                 order = list(sampler)[skip * tcfg.grad_accum * tcfg.batch_size:]
+                # A private generator: creating a DataLoader iterator would otherwise draw from the global
+                # RNG (which drives dropout), and a resumed run creates one at a different point.
                 loader = DataLoader(dataset, batch_size=tcfg.batch_size, sampler=order,
-                                    collate_fn=lambda b: collate(b, pad_id))
+                                    collate_fn=lambda b: collate(b, pad_id),
+                                    generator=torch.Generator().manual_seed(config.seed))
                 step_in_epoch = skip
                 for group in _accumulation_groups(loader, tcfg.grad_accum):
                     started = time.perf_counter()
@@ -382,12 +391,13 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
                     if global_step % tcfg.checkpoint_every == 0 and not done:
                         # Resuming skips the micro-batches already consumed in this epoch (same seeded
                         # order); a position past the epoch's end simply yields an empty epoch.
-                        position = {"stage": stage_index, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                                    "global_step": global_step, "history": history,
-                                    "reports": [asdict(r) for r in reports], "tokens": tokens_seen,
-                                    "train_seconds": train_seconds}
+                        checkpoint_position = {
+                            "stage": stage_index, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                            "global_step": global_step, "history": history,
+                            "reports": [asdict(r) for r in reports], "tokens": tokens_seen,
+                            "train_seconds": train_seconds, "initial_eval_loss": position["initial_eval_loss"]}
                         if dist.is_main:
-                            save_checkpoint(ckpt_path, model, optimizer, scheduler, position, fingerprint)
+                            save_checkpoint(ckpt_path, model, optimizer, scheduler, checkpoint_position, fingerprint)
                         dist.barrier()
                     if done:
                         break
@@ -396,7 +406,8 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
             if val_data is not None:
                 report.eval_loss = evaluate_loss(model, val_data, tcfg.batch_size, pad_id, dist)
             run.log_metrics({k: v for k, v in {f"{report.name}_train_loss": report.last_loss,
-                                                f"{report.name}_eval_loss": report.eval_loss}.items()
+                                                f"{report.name}_eval_loss": report.eval_loss,
+                                                "eval_loss": report.eval_loss}.items()
                              if v is not None}, step=global_step)
             if dist.is_main:
                 log.info("stage %s: %d steps, loss %s -> %s, eval loss %s", report.name, report.steps,
@@ -407,7 +418,7 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
             adapter_name=config.adapter_name, adapter_dir=None, steps=global_step, stages=reports,
             loss_history=history, trainable_params=trainable, total_params=total,
             tokens_per_second=tokens_seen * dist.world_size / max(train_seconds, 1e-9),
-            resumed_from_step=resumed_from, run_id=run.run_id,
+            resumed_from_step=resumed_from, initial_eval_loss=position["initial_eval_loss"], run_id=run.run_id,
         )
         if dist.is_main:
             _finish(config, settings, model, tokenizer, val_records, run, result, base_dir, output_dir)

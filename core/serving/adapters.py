@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +61,12 @@ def discover_adapters(adapters_dir: Path | None) -> dict[str, Path]:
 
 
 class AdapterStore:
-    def __init__(self, base_model, adapters_dir: Path | None, max_loaded: int = 8, quantized: bool = False):
+    def __init__(self, base_model, adapters_dir: Path | None, max_loaded: int = 8, quantized: bool = False,
+                 registry_lookup: Callable[[str, str], Path | None] | None = None):
         self.model = base_model          # becomes a PeftModel on the first adapter load
         self.quantized = quantized       # int8 modules cannot go through PEFT's state-dict loading
+        # ("finance", "3" | "champion") -> directory, for model ids naming registry versions/aliases.
+        self._registry_lookup = registry_lookup
         self.adapters_dir = adapters_dir
         self.max_loaded = max_loaded
         self._lock = threading.Lock()
@@ -85,9 +89,30 @@ class AdapterStore:
 
     def resolve(self, name: str) -> Path:
         path = self.available().get(name)
+        if path is None and "@" in name and self._registry_lookup is not None and name not in self._removed:
+            path = self._from_registry(name)
         if path is None:
             raise AdapterNotFound(name)
         return path
+
+    def _from_registry(self, name: str) -> Path | None:
+        """``finance@3`` (a version) or ``finance@champion`` (an alias) via the model registry.
+
+        A version never changes, so it is remembered; an alias is looked up each time, and a resident
+        copy keeps serving until ``reload`` (the admin call to make after a promotion).
+        """
+        adapter, _, ref = name.partition("@")
+        try:
+            path = self._registry_lookup(adapter, ref)
+        except Exception as exc:  # unknown name/version, registry unavailable: all mean "not found"
+            log.info("registry lookup of %s failed: %s", name, exc)
+            return None
+        if path is None or not (Path(path) / ADAPTER_CONFIG).exists():
+            return None
+        if ref.isdigit():
+            with self._lock:
+                self._registered[name] = Path(path)
+        return Path(path)
 
     def register(self, name: str, path: Path) -> None:
         """Add (or repoint) ``name``; a resident copy is retired so the next request loads the new one."""

@@ -68,7 +68,8 @@ def build_server(args, settings):
         from core.serving.quantize import lora_targets, quantize_int8
 
         model = quantize_int8(model, keep_float=lora_targets(adapters_dir))
-    store = AdapterStore(model, adapters_dir, max_loaded=args.max_adapters, quantized=args.quantize == "int8")
+    store = AdapterStore(model, adapters_dir, max_loaded=args.max_adapters, quantized=args.quantize == "int8",
+                         registry_lookup=_registry_lookup(settings))
     engine = Engine(model, loaded.tokenizer, store, EngineConfig(
         max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000.0, queue_size=args.queue_size,
         max_loaded_adapters=args.max_adapters))
@@ -79,6 +80,23 @@ def build_server(args, settings):
     log.info("serving %s (%s) with adapters from %s: %s", serving.config.base_name, args.quantize,
              adapters_dir, ", ".join(store.names()) or "none yet")
     return build_app(serving, keys, max_body_bytes=args.max_body_bytes)
+
+
+def _registry_lookup(settings):
+    """Resolve ``name@version`` / ``name@alias`` through the MLflow registry (opened on first use)."""
+    try:
+        from core.registry import Registry
+    except ImportError:  # registry layer not part of this checkout
+        return None
+    registry = None
+
+    def lookup(name: str, ref: str) -> Path | None:
+        nonlocal registry
+        registry = registry or Registry.from_settings(settings)
+        info = registry.get_version(name, int(ref)) if ref.isdigit() else registry.get_alias(name, ref)
+        return Path(info.path) if info is not None else None
+
+    return lookup
 
 
 def serve(args, settings) -> int:

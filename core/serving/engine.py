@@ -56,6 +56,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -325,7 +326,7 @@ class Engine:
             if seq.first_token_at is None:
                 seq.first_token_at = now
                 TIME_TO_FIRST_TOKEN.observe(now - seq.request.arrived)
-            if token in self.eos_ids:
+            if token in self.eos_ids and not seq.request.params.ignore_eos:
                 self._finish(seq, reason="stop")
                 finished.add(id(seq))
                 continue

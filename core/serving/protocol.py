@@ -34,6 +34,8 @@ class SamplingFields(_Request):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request is supported")
     stream: bool = False
+    ignore_eos: bool = False
+    """vLLM's extension: keep generating past end-of-sequence (fixed-length benchmarks)."""
     stream_options: StreamOptions | None = None
 
     @field_validator("stop")

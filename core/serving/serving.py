@@ -140,7 +140,8 @@ class OpenAIServing:
         if self.degrade.enabled:
             max_tokens = min(max_tokens, self.degrade.max_tokens_cap)
         return SamplingParams(max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
-                              stop=tuple(request.stop or ()), seed=request.seed)
+                              stop=tuple(request.stop or ()), seed=request.seed,
+                              ignore_eos=request.ignore_eos)
 
     def _submit(self, prompt_ids, params, adapter, model_label) -> tuple[GenerationRequest, asyncio.Queue]:
         loop = asyncio.get_running_loop()

@@ -86,3 +86,23 @@ def scorer_process(bootstrap: str, model: Path, group: str, *extra: str, home: P
         [sys.executable, "-m", "core.cli", "finance", "score", "--model", str(model), "--group", group,
          "--no-sink", "--batch-size", "500", *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until_keys(bootstrap: str, topic: str, expected: set[str], timeout_s: float = 60.0) -> list:
+    """Messages of ``topic`` from the start until every key in ``expected`` was seen (duplicates kept)."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"), "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False, "session.timeout.ms": 6000})
+    c.subscribe([topic])
+    out, seen, deadline = [], set(), time.monotonic() + timeout_s
+    try:
+        while not expected <= seen and time.monotonic() < deadline:
+            batch = [m for m in c.consume(1000, 0.5) if not m.error()]
+            out.extend(batch)
+            seen.update(m.key().decode() for m in batch if m.key())
+        # drain what is already there (duplicates of a replay) without waiting long
+        out.extend(m for m in c.consume(100_000, 1.0) if not m.error())
+    finally:
+        c.close()
+    return out

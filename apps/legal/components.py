@@ -1,0 +1,166 @@
+"""Haystack-style components: cheap constructor, ``warm_up()`` loads the heavy parts, ``run()`` returns a dict.
+
+Retrieval is filtered by access label INSIDE each retriever (FAISS ID selector, bm25s weight mask): a
+passage the tenant may not read is never a candidate, so nothing downstream can leak it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from apps.legal.config import LegalConfig
+
+
+@dataclass
+class Hit:
+    chunk_id: int
+    score: float
+    doc_id: str = ""
+    text: str = ""
+    title: str = ""
+    court: str = ""
+    date: str = ""
+    access: str = ""
+    statutes: tuple[str, ...] = ()
+    ranks: dict[str, int] = field(default_factory=dict)   # rank in each retriever that found it
+
+    def to_json(self) -> dict:
+        return {"doc_id": self.doc_id, "passage": self.text, "score": round(float(self.score), 6),
+                "chunk_id": self.chunk_id, "title": self.title, "court": self.court, "date": self.date,
+                "statutes": list(self.statutes), "ranks": self.ranks}
+
+
+class AccessFilter:
+    """Tenant -> boolean mask over passage ids (public + the tenant's own label)."""
+
+    def __init__(self, cfg: LegalConfig):
+        self.cfg = cfg
+        self.store = None
+        self._codes = None
+
+    def warm_up(self) -> None:
+        from apps.legal.store import Store
+
+        self.store = Store(self.cfg.sqlite_path)
+        self._codes = self.store.access_codes()
+
+    def run(self, tenant: str | None = None) -> dict:
+        if self.store.n_chunks() != len(self._codes):  # knowledge base grew since warm-up
+            self.warm_up()
+        allowed = np.isin(self._codes, self.store.allowed_codes(tenant))
+        return {"allowed": allowed}
+
+
+class BM25Retriever:
+    def __init__(self, cfg: LegalConfig, top_k: int | None = None):
+        self.cfg = cfg
+        self.top_k = top_k or cfg.candidates
+        self.index = None
+
+    def warm_up(self) -> None:
+        from apps.legal.index import BM25Segments
+
+        self.index = BM25Segments(self.cfg.bm25_dir)
+        self.index.warm_up()
+
+    def run(self, query: str, allowed: np.ndarray | None = None, top_k: int | None = None) -> dict:
+        from apps.legal.chunking import tokenize
+
+        scores, ids = self.index.search(tokenize(query), top_k or self.top_k, allowed)
+        return {"hits": [Hit(int(i), float(s)) for s, i in zip(scores, ids)]}
+
+
+class DenseRetriever:
+    def __init__(self, cfg: LegalConfig, top_k: int | None = None):
+        self.cfg = cfg
+        self.top_k = top_k or cfg.candidates
+        self.index = None
+        self.embedder = None
+
+    def warm_up(self) -> None:
+        from apps.legal.index import DenseIndex
+        from apps.legal.ingest import load_embedder
+
+        self.index = DenseIndex(self.cfg.faiss_path)
+        self.index.nprobe = self.cfg.nprobe
+        self.embedder = load_embedder(self.cfg)
+
+    def run(self, query: str, allowed: np.ndarray | None = None, top_k: int | None = None) -> dict:
+        vec = self.embedder.embed([query])
+        scores, ids = self.index.search(vec, top_k or self.top_k, allowed)
+        return {"hits": [Hit(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]}
+
+
+class ReciprocalRankFusion:
+    """score(d) = sum over retrievers of 1 / (k + rank) (Cormack et al. 2009); robust to score scales."""
+
+    def __init__(self, k: int = 60, top_k: int = 50):
+        self.k = k
+        self.top_k = top_k
+
+    def warm_up(self) -> None:
+        pass
+
+    def run(self, **rankings: list[Hit]) -> dict:
+        fused: dict[int, Hit] = {}
+        for name, hits in rankings.items():
+            for rank, hit in enumerate(hits or [], start=1):
+                h = fused.setdefault(hit.chunk_id, Hit(hit.chunk_id, 0.0))
+                h.score += 1.0 / (self.k + rank)
+                h.ranks[name] = rank
+        ordered = sorted(fused.values(), key=lambda h: (-h.score, h.chunk_id))
+        return {"hits": ordered[: self.top_k]}
+
+
+class PassageFetcher:
+    """Fill hits with passage text and judgment metadata from SQLite."""
+
+    def __init__(self, cfg: LegalConfig):
+        self.cfg = cfg
+        self.store = None
+
+    def warm_up(self) -> None:
+        from apps.legal.store import Store
+
+        self.store = Store(self.cfg.sqlite_path)
+
+    def run(self, hits: list[Hit]) -> dict:
+        rows = self.store.passages(h.chunk_id for h in hits)
+        out = []
+        for h in hits:
+            p = rows.get(h.chunk_id)
+            if p is None:
+                continue
+            h.doc_id, h.text, h.title, h.court, h.date, h.access, h.statutes = (
+                p.doc_id, p.text, p.title, p.court, p.date, p.access, p.statutes)
+            out.append(h)
+        return {"hits": out}
+
+
+class MiniLMReranker:
+    """Second stage: re-score the fused candidates with the full MiniLM sentence encoder (cosine)."""
+
+    def __init__(self, top_k: int = 10, max_candidates: int = 20):
+        self.top_k = top_k
+        self.max_candidates = max_candidates
+        self.embedder = None
+
+    def warm_up(self) -> None:
+        from apps.legal.embedders import MiniLMEmbedder
+
+        self.embedder = MiniLMEmbedder(max_seq_length=128)
+        self.embedder.model  # load weights now, not on the first query
+
+    def run(self, query: str, hits: list[Hit], top_k: int | None = None) -> dict:
+        top_k = top_k or self.top_k
+        head, tail = hits[: self.max_candidates], hits[self.max_candidates:]
+        if not head or self.max_candidates == 0:
+            return {"hits": hits[:top_k]}
+        vecs = self.embedder.embed([query] + [h.text for h in head])
+        sims = vecs[1:] @ vecs[0]
+        for h, s in zip(head, sims):
+            h.ranks["fused"] = head.index(h) + 1
+            h.score = float(s)
+        head.sort(key=lambda h: -h.score)
+        return {"hits": (head + tail)[:top_k]}

@@ -1,0 +1,174 @@
+"""Maintenance advice for a device in alert: the ``manufacturing`` LoRA adapter through the model
+server, or a clearly-labelled rule template when the server cannot be reached. Also builds the
+SYNTHETIC chat training data (alert context -> advice) for that adapter.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "manufacturing"
+SYSTEM = ("You are a reliability engineer. From a machine's health score, its trend and the sensors "
+          "deviating from normal for the current operating regime, write a short maintenance "
+          "recommendation: the likely cause and the next action, in at most three sentences.")
+FALLBACK_LABEL = "[template advice - model server unavailable]"
+
+# What each deviating sensor usually means and what to do about it (the template's knowledge).
+SENSOR_HINTS = {
+    "vibration_rms": ("vibration above normal for this speed", "check balance, alignment and mounting bolts"),
+    "vibration_kurtosis": ("impulsive vibration (impacts)", "inspect the bearings for wear or damage"),
+    "temperature": ("running hot for this load", "check cooling, lubrication and filters"),
+    "pressure": ("pressure off its normal band", "check seals, valves and the pressure line"),
+    "current": ("motor current off its normal band", "check the motor, drive and mechanical load"),
+    "rpm": ("speed off its set point", "check the drive and speed control"),
+    "load": ("load off its set point", "check the process feeding this machine"),
+}
+
+
+@dataclass
+class AlertContext:
+    device_id: str
+    health: float
+    health_change: float
+    """Health now minus health at the start of the look-back (negative = worsening)."""
+    hours: float
+    contributing: list[tuple[str, float]]
+    in_alert: bool
+
+    def prompt(self) -> str:
+        sensors = ", ".join(f"{name} {z:+.1f} sigma" for name, z in self.contributing) or "none above 2 sigma"
+        return (f"Device {self.device_id}: health {self.health:.0f}/100 "
+                f"({self.health_change:+.0f} over the last {self.hours:.1f} h), "
+                f"{'in alert' if self.in_alert else 'not in alert'}. "
+                f"Deviating sensors: {sensors}. What should maintenance do?")
+
+
+@dataclass
+class Advice:
+    text: str
+    source: str
+
+
+def parse_contributing(text: str) -> list[tuple[str, float]]:
+    """``"temperature(+4.2);current(+2.1)"`` -> [("temperature", 4.2), ("current", 2.1)]."""
+    return [(m.group(1), float(m.group(2))) for m in re.finditer(r"([\w.-]+)\(([+-]?[\d.]+)\)", text or "")]
+
+
+def template_advice(ctx: AlertContext) -> str:
+    """Rule-based advice from the deviating sensors (no model): the fallback, and the data generator's
+    core. Stuck-low readings (a large negative z on one sensor) are read as a sensor fault."""
+    if not ctx.contributing:
+        return (f"Device {ctx.device_id} health {ctx.health:.0f}/100 with no single sensor clearly off: "
+                f"watch the trend and inspect at the next planned stop.")
+    name, z = ctx.contributing[0]
+    if z < -6 and len(ctx.contributing) == 1:
+        return (f"Device {ctx.device_id}: the {name} reading drops far below normal on its own, which "
+                f"looks like a failing sensor or loose connector rather than a machine fault; check the "
+                f"{name} sensor wiring and replace it if the dropouts continue.")
+    what, action = SENSOR_HINTS.get(name, (f"{name} off its normal band", f"inspect what drives {name}"))
+    others = ", ".join(n for n, _ in ctx.contributing[1:])
+    trend = "falling" if ctx.health_change < -5 else "steady"
+    return (f"Device {ctx.device_id} (health {ctx.health:.0f}/100, {trend}): {what}"
+            f"{' together with ' + others if others else ''}. Recommended: {action}"
+            f"{' within 24 h' if ctx.health < 30 else ' at the next planned stop'}.")
+
+
+def advise(client, ctx: AlertContext) -> Advice:
+    """Ask the ``manufacturing`` adapter; on any server problem fall back to the labelled template."""
+    from core.client import ModelRequestError, ModelUnavailable
+
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ctx.prompt()}]
+    try:
+        text = client.chat(model=ADAPTER, messages=messages, max_tokens=120, temperature=0.0).strip()
+        if text:
+            return Advice(text, f"model:{ADAPTER}")
+        reason = "empty answer"
+    except ModelUnavailable as exc:
+        reason = f"unavailable ({exc})"
+    except ModelRequestError as exc:  # e.g. the adapter is not trained yet
+        reason = f"refused ({exc})"
+    log.warning("advice for %s from the template: model server %s", ctx.device_id, reason)
+    return Advice(f"{FALLBACK_LABEL} {template_advice(ctx)}", "fallback-template")
+
+
+def context_from_history(db: str | Path, device_id: str, lookback: int = 8) -> AlertContext:
+    """The device's last ``lookback`` scored windows from the scheduler's SQLite history."""
+    from shared.io import InputError
+
+    if not Path(db).exists():
+        raise InputError(f"{db}: no scoring history yet (run `dsv manufacturing run` or `service`)")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT ts, health, alert, contributing_sensors FROM scores WHERE device_id = ? "
+                            "ORDER BY ts DESC LIMIT ?", (device_id, lookback)).fetchall()
+    if not rows:
+        raise InputError(f"{db}: device '{device_id}' has no scores")
+    rows = rows[::-1]
+    return AlertContext(device_id=device_id, health=rows[-1][1], health_change=rows[-1][1] - rows[0][1],
+                        hours=(rows[-1][0] - rows[0][0]) / 3600.0,
+                        contributing=parse_contributing(rows[-1][3]), in_alert=bool(rows[-1][2]))
+
+
+def advice_for_device(settings, db: str | Path, device_id: str) -> Advice:
+    from core.client import ModelClient
+
+    return advise(ModelClient.from_settings(settings), context_from_history(db, device_id))
+
+
+# ------------------------------------------------------------------ adapter training data
+FAULT_ADVICE = {
+    "bearing_wear": "Vibration and its kurtosis rising together, with temperature creeping up, point to "
+                    "bearing wear. Plan a bearing inspection within 48 h and have a replacement ready.",
+    "imbalance": "Vibration rising with speed while kurtosis stays normal points to imbalance or "
+                 "misalignment. Check rotor balance, coupling alignment and mounting at the next stop.",
+    "overheating": "Temperature running far above normal for this load, with current up, points to "
+                   "overheating. Check cooling, lubrication and filters now and reduce load until fixed.",
+    "sensor_drift": "Only the {sensor} reading is drifting while related sensors stay normal: the "
+                    "measurement, not the machine, is likely at fault. Verify {sensor} against a handheld "
+                    "reading and recalibrate the sensor.",
+    "sensor_dropout": "The {sensor} reading keeps dropping to zero: a failing sensor or loose connector. "
+                      "Check the {sensor} sensor wiring and replace the sensor if dropouts continue.",
+}
+
+
+def build_advice_dataset(out: str | Path, devices: int = 300, seed: int = 7, days: float = 7.0) -> int:
+    """SYNTHETIC chat records for the adapter: the prompt is built exactly as at run time from a
+    simulated machine late in its fault (deviating sensors from per-regime z-scores), the answer
+    states the simulated fault's cause and action. Written atomically as JSONL."""
+    from shared.io import write_jsonl_atomic
+
+    from .data import REGIME_SENSORS, SENSORS
+    from .scoring import contributing_sensors
+    from .simulate import SimConfig, simulate_fleet
+    from .windows import RegimeNormalizer, sliding_windows
+
+    fleet = simulate_fleet(SimConfig(devices=devices, days=days, seed=seed, fault_fraction=0.8))
+    rng = np.random.default_rng(seed)
+    win, ends = sliding_windows(fleet.values, 24, 3)
+    end_ts = fleet.ts[ends]
+    lab = fleet.labels
+    onset, failure = lab["onset_ts"].to_numpy(), lab["failure_ts"].to_numpy()
+    healthy = (onset[:, None] < 0) | (end_ts[None, :] < onset[:, None])
+    norm = RegimeNormalizer(SENSORS, REGIME_SENSORS).fit(win[healthy][::7].reshape(-1, len(SENSORS)))
+    records = []
+    for i in np.flatnonzero(onset >= 0):
+        late = np.flatnonzero((end_ts >= onset[i] + 0.6 * (failure[i] - onset[i])) & (end_ts < failure[i]))
+        if len(late) < 2:
+            continue
+        j = int(rng.choice(late))
+        z = norm.transform(win[i, j][None])
+        contrib = parse_contributing(contributing_sensors(z, SENSORS)[0])
+        progress = (end_ts[j] - onset[i]) / (failure[i] - onset[i])
+        health = float(np.clip(60 - 60 * progress + rng.normal(0, 5), 2, 49))
+        ctx = AlertContext(str(lab.device_id[i]), health, -float(rng.uniform(10, 50)), 2.0, contrib, True)
+        answer = FAULT_ADVICE[lab.fault[i]].format(sensor=lab.fault_sensor[i] or "affected")
+        records.append({"messages": [{"role": "system", "content": SYSTEM},
+                                     {"role": "user", "content": ctx.prompt()},
+                                     {"role": "assistant", "content": answer}]})
+    return write_jsonl_atomic(out, records)

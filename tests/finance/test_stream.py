@@ -1,0 +1,116 @@
+"""The stream scorer against a real Kafka-protocol broker process (noida-db), both client libraries."""
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+
+import pytest
+
+from apps.finance.pipeline import dumps
+from apps.finance.service import ScorerConfig, run_scorer
+from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, wait_until
+from tests.finance.conftest import (produce, produce_records, read_topic, read_until_keys, scorer_process,
+                                   synthetic_records, unique)
+
+
+def _start_scorer_thread(cfg: ScorerConfig):
+    stop = threading.Event()
+    holder = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("stats", run_scorer(cfg, stop)), daemon=True)
+    thread.start()
+    return stop, thread, holder
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_stream_scores_everything_and_routes_poison_to_dlq(broker, fin_model, client):
+    records = synthetic_records(1200, seed=11)
+    good = [dumps(r) for r in records]
+    poison = [b"this is not json", dumps({k: v for k, v in records[0].items() if k != "device"}),
+              dumps({**records[1], "tx_id": "neg", "amount": -10.0}), dumps({**records[2], "tx_id": "huge",
+                                                                         "counterparty": "Z" * 200_000})]
+    values = good[:400] + poison[:2] + good[400:800] + poison[2:] + good[800:]
+    produce(broker.bootstrap, TOPIC_TX, values)
+    stop, thread, holder = _start_scorer_thread(ScorerConfig(
+        broker.bootstrap, fin_model, group=unique("g"), client=client, batch_size=300))
+    try:
+        scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records})
+        dlq = read_topic(broker.bootstrap, TOPIC_DLQ, until=4, timeout_s=10)
+    finally:
+        stop.set()
+        thread.join(30)
+    ids = [m.key().decode() for m in scores]
+    assert set(ids) == {r["tx_id"] for r in records}
+    out = [json.loads(m.value()) for m in scores]
+    assert all(set(o) == {"tx_id", "score", "alert", "reasons", "model"} for o in out)
+    assert all(o["tx_id"] == k for o, k in zip(out, ids)), "outputs keyed by tx_id"
+    reasons = sorted(dict(m.headers())["dlq.reason"].decode() for m in dlq)
+    assert len(reasons) == 4
+    assert any("not valid JSON" in r for r in reasons) and any("missing field 'device'" in r for r in reasons)
+    assert any("'amount'" in r for r in reasons) and any("'counterparty' has length 200000" in r for r in reasons)
+    alerts = read_topic(broker.bootstrap, TOPIC_ALERTS, until=sum(o["alert"] for o in out), timeout_s=10)
+    assert {m.key().decode() for m in alerts} == {o["tx_id"] for o in out if o["alert"]}
+    assert all("tx" in json.loads(m.value()) for m in alerts), "alerts carry the transaction for the adjudicator"
+
+
+def test_two_processes_split_the_partitions(broker, fin_model):
+    records = synthetic_records(3000, seed=12)
+    group = unique("split")
+    procs = [scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "6") for _ in range(2)]
+    time.sleep(4)
+    for start in range(0, len(records), 500):  # spread over a few seconds so both members are in the group
+        produce_records(broker.bootstrap, TOPIC_TX, records[start:start + 500])
+        time.sleep(1)
+    outputs = [p.communicate(timeout=90)[0] for p in procs]
+    assert all("scored " in o for o in outputs), outputs
+    counts = [int(o.rsplit("scored ", 1)[1].split(",")[0]) for o in outputs]
+    assert all(c > 0 for c in counts), f"both members must get partitions: {counts}\n{outputs}"
+    assert sum(counts) >= len(records)
+    scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records})
+    assert {m.key().decode() for m in scores} == {r["tx_id"] for r in records}
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing(broker, fin_model, capsys):
+    records = synthetic_records(6000, seed=13)
+    group = unique("crash")
+    produce_records(broker.bootstrap, TOPIC_TX, records)
+    first = scorer_process(broker.bootstrap, fin_model, group)
+    # Kill -9 as soon as some (not all) outputs are written.
+    assert wait_until(lambda: len(read_topic(broker.bootstrap, TOPIC_SCORES, until=1000, timeout_s=2)) >= 1000, 60)
+    first.kill()
+    first.wait()
+    partial = len(read_topic(broker.bootstrap, TOPIC_SCORES, until=len(records), timeout_s=3))
+    assert partial < len(records), "the kill must land mid-stream for this test to mean anything"
+    second = scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "5")
+    second.communicate(timeout=90)
+    scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records}, timeout_s=20)
+    seen = collections.Counter(m.key().decode() for m in scores)
+    assert set(seen) == {r["tx_id"] for r in records}, "every tx_id at least once"
+    duplicates = sum(c - 1 for c in seen.values())
+    with capsys.disabled():
+        print(f"\n[kill -9] outputs before kill {partial}, total {len(scores)}, duplicates {duplicates}")
+    assert duplicates < len(records)
+
+
+def test_broker_restart_mid_stream(broker, fin_model):
+    from shared.broker import EmbeddedBroker
+
+    records = synthetic_records(4000, seed=14)
+    produce_records(broker.bootstrap, TOPIC_TX, records[:2000])
+    stop, thread, holder = _start_scorer_thread(ScorerConfig(
+        broker.bootstrap, fin_model, group=unique("restart"), batch_size=250))
+    try:
+        assert wait_until(lambda: len(read_topic(broker.bootstrap, TOPIC_SCORES, until=500, timeout_s=2)) >= 500, 60)
+        port, data_dir = broker.port, broker.data_dir
+        broker.stop()
+        time.sleep(2)
+        restarted = EmbeddedBroker(data_dir, port=port).start()
+        broker.process = restarted.process  # the fixture stops whatever runs now
+        produce_records(broker.bootstrap, TOPIC_TX, records[2000:])
+        scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records}, timeout_s=60)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert {m.key().decode() for m in scores} == {r["tx_id"] for r in records}
+    assert not thread.is_alive()

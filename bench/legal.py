@@ -125,6 +125,12 @@ def main(argv=None) -> int:
     result["index_size"] = {k: round(v, 1) for k, v in sizes.items()}
     n_pass = report.total_passages
     print(json.dumps({"progress": "ingest done", **result["ingest"]}), file=sys.stderr)
+    out_path = work / f"result-{args.n}.json"
+
+    def save_partial():  # a long run killed later still leaves what it measured
+        out_path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+
+    save_partial()
 
     # --- questions ---------------------------------------------------------------------------------
     records = sample_records(corpus, args.n, args.queries, args.seed)
@@ -155,6 +161,8 @@ def main(argv=None) -> int:
                          **{f"recall_at_10_{lang}": round(a / b, 4) for lang, (a, b) in by_lang.items() if b}}
         latency[name] = percentiles(times)
         print(json.dumps({"progress": name, **quality[name], **latency[name]}), file=sys.stderr)
+        result["retrieval_quality"], result["latency"] = quality, latency
+        save_partial()
     # Re-ranking on a subset (MiniLM is the slow part on a shared CPU).
     rr = Retriever(cfg, RetrievalMode(True, True, True), top_k=10)
     rr.warm_up()
@@ -191,7 +199,7 @@ def main(argv=None) -> int:
                               "speedup_nprobe16_vs_exact": round(exact_seconds / max(ann["nprobe_16"]["ms_per_query_batched"] / 1000, 1e-9), 1)}
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     result["load_avg_end"] = os.getloadavg()[0]
-    (work / f"result-{args.n}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    save_partial()
     print(json.dumps(result, ensure_ascii=False))
     return 0
 

@@ -23,6 +23,25 @@ from shared.settings import REPO_ROOT, Settings
 APPS = ("finance", "medical", "manufacturing", "legal")
 
 
+@dataclass(frozen=True)
+class AppServicePorts:
+    """How `dsv <app> service` is told where to listen, with the app's own default port."""
+
+    port_flag: str | None = None   # e.g. "--metrics-port"; None: the service listens on nothing
+    port: int | None = None
+    host_flag: bool = False        # accepts --host
+    url_path: str = ""             # what to print: /metrics or /health
+
+
+# Same ports in docker-compose.yml, deploy/prometheus/prometheus.yml and deploy/k8s/base/apps.yaml.
+APP_SERVICES = {
+    "finance": AppServicePorts("--metrics-port", 9108, url_path="/metrics"),  # scorer; adjudicator on +1
+    "medical": AppServicePorts(),          # inbox watcher; heartbeat DSV_HOME/medical/service_status.json
+    "manufacturing": AppServicePorts(),    # scheduler; heartbeat DSV_HOME/manufacturing/history.sqlite
+    "legal": AppServicePorts("--port", 8704, host_flag=True, url_path="/health"),
+}
+
+
 # -- which commands exist -----------------------------------------------------------------------
 
 def available_commands(parser: argparse.ArgumentParser | None = None) -> set[tuple[str, ...]]:
@@ -59,7 +78,6 @@ class StackOptions:
     server_port: int = 8000
     kafka_port: int = 9092
     dashboard_port: int = 8501   # first app; the others follow in APPS order
-    metrics_port: int = 9101     # first app service's /metrics; the others follow
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -101,11 +119,15 @@ def plan_stack(settings: Settings, options: StackOptions, commands: set[tuple[st
     for index, app in enumerate(options.apps):
         if options.services:
             if (app, "service") in commands:
-                metrics_port = options.metrics_port + APPS.index(app)
-                specs.append(ChildSpec(
-                    f"{app}-service", [python, "-m", "core.cli", app, "service"],
-                    env={**env, "DSV_METRICS_PORT": str(metrics_port)}, cwd=REPO_ROOT,
-                    url=f"http://{options.host}:{metrics_port}/metrics"))
+                ports = APP_SERVICES[app]
+                argv = [python, "-m", "core.cli", app, "service"]
+                url = None
+                if ports.host_flag:
+                    argv += ["--host", options.host]
+                if ports.port_flag:
+                    argv += [ports.port_flag, str(ports.port)]
+                    url = f"http://{options.host}:{ports.port}{ports.url_path}"
+                specs.append(ChildSpec(f"{app}-service", argv, env=env, cwd=REPO_ROOT, url=url))
             else:
                 say(f"{app}-service: skipped (`dsv {app} service` is not part of this checkout)")
         if options.dashboards:
@@ -145,8 +167,7 @@ def cmd_run(args, settings: Settings) -> int:
         return 2
     options = StackOptions(apps=apps, server=not args.no_server, services=not args.no_services,
                            dashboards=not args.no_dashboards, host=args.host, server_port=args.server_port,
-                           kafka_port=args.kafka_port, dashboard_port=args.dashboard_port,
-                           metrics_port=args.metrics_port)
+                           kafka_port=args.kafka_port, dashboard_port=args.dashboard_port)
     settings.home.mkdir(parents=True, exist_ok=True)
     if options.server and not args.no_build:
         ensure_model(settings)
@@ -164,7 +185,7 @@ def cmd_run(args, settings: Settings) -> int:
         width = max(len(s.name) for s in specs)
         print("\nlocal stack is up:")
         for spec in specs:
-            print(f"  {spec.name:<{width}}  {spec.url or ''}")
+            print(f"  {spec.name:<{width}}  {spec.url or 'no network endpoint; log ' + str(supervisor.log_dir / (spec.name + '.log'))}")
         print(f"status: {supervisor.status_path}\n", flush=True)
 
     code = supervisor.run(on_started=announce)
@@ -279,8 +300,6 @@ def register(subparsers) -> None:
     run.add_argument("--server-port", type=int, default=8000, help="model server port")
     run.add_argument("--kafka-port", type=int, default=9092, help="embedded broker port")
     run.add_argument("--dashboard-port", type=int, default=8501, help="first dashboard port (one per app)")
-    run.add_argument("--metrics-port", type=int, default=9101,
-                     help="first app service /metrics port (one per app, passed as DSV_METRICS_PORT)")
     run.add_argument("--stop-grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     run.set_defaults(func=cmd_run, _parser=run)
 

@@ -88,7 +88,8 @@ def _score(args, settings) -> int:
         cfg = ScorerConfig(bootstrap=bootstrap, model_path=Path(args.model) if args.model else model_path(settings),
                            group=args.group, client=args.client, batch_size=args.batch_size,
                            metrics_port=args.metrics_port or None,
-                           sink_path=None if args.no_sink else sink_path(settings), idle_exit_s=args.idle_exit)
+                           sink_path=None if args.no_sink else sink_path(settings), idle_exit_s=args.idle_exit,
+                           instance_id=args.instance_id)
         stats = run_scorer(cfg, stop)
     print(f"scored {stats.scored}, alerts {stats.alerts}, DLQ {stats.dlq}")
     return 0
@@ -224,6 +225,7 @@ def register(subparsers) -> None:
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0 = off)")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--no-sink", action="store_true", help="do not write dashboard data under DSV_HOME/finance")
+    p.add_argument("--instance-id", help="static group membership id (a restarted scorer reclaims its partitions at once)")
 
     p = add_command(group, "produce", _produce, "Send transactions to the `transactions` topic: a file or a live generator.")
     p.add_argument("--input", help="JSONL file to replay (labels are stripped)")

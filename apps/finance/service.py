@@ -39,6 +39,7 @@ class ScorerConfig:
     metrics_port: int | None = None
     sink_path: Path | None = None
     idle_exit_s: float | None = None      # stop after this long without messages (tests, benchmarks)
+    instance_id: str | None = None        # static group membership: a restart reclaims its partitions
     stats_every_s: float = 1.0
 
 
@@ -70,7 +71,7 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
     if cfg.sink_path:
         from apps.finance.sink import Sink
         sink = Sink(cfg.sink_path)
-    consumer = make_consumer(cfg.client, cfg.bootstrap, cfg.group, [TOPIC_TX], cfg.batch_size)
+    consumer = make_consumer(cfg.client, cfg.bootstrap, cfg.group, [TOPIC_TX], cfg.batch_size, cfg.instance_id)
     producer = make_producer(cfg.client, cfg.bootstrap)
     stats = ScorerStats()
     last_msg = last_stats = time.monotonic()
@@ -81,7 +82,11 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
             msgs = consumer.poll(cfg.batch_size, cfg.poll_timeout_s)
             now = time.monotonic()
             if not msgs:
-                if cfg.idle_exit_s is not None and now - last_msg > cfg.idle_exit_s:
+                # Idle time only counts while we own partitions: a restarted member may wait a session
+                # timeout for the group to rebalance before it gets any.
+                if not consumer.has_assignment():
+                    last_msg = now
+                elif cfg.idle_exit_s is not None and now - last_msg > cfg.idle_exit_s:
                     break
                 if now - last_stats > cfg.stats_every_s:
                     _report(consumer, sink, stats, 0, now - last_stats)

@@ -41,6 +41,7 @@ class DeliveryFailed(RuntimeError):
 class Consumer(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
     def commit(self) -> None: ...
+    def has_assignment(self) -> bool: ...
     def lag(self) -> int: ...
     def close(self) -> None: ...
 
@@ -70,14 +71,26 @@ _REBALANCE_CODES = _LazyCodes()
 
 
 class ConfluentConsumer:
-    def __init__(self, bootstrap: str, group: str, topics: list[str], max_records: int = 5000):
+    def __init__(self, bootstrap: str, group: str, topics: list[str], max_records: int = 5000,
+                 instance_id: str | None = None):
         from confluent_kafka import Consumer as _C
 
-        self._c = _C({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                      "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-                      "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50,
-                      "queued.max.messages.kbytes": 65536, "max.poll.interval.ms": 60000})
-        self._c.subscribe(topics)
+        conf = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50,
+                "queued.max.messages.kbytes": 65536, "max.poll.interval.ms": 60000}
+        if instance_id:
+            conf["group.instance.id"] = instance_id
+        self._c = _C(conf)
+        self._c.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    @staticmethod
+    def _on_assign(consumer, partitions) -> None:
+        log.info("partitions assigned: %s", sorted(f"{p.topic}/{p.partition}" for p in partitions))
+
+    @staticmethod
+    def _on_revoke(consumer, partitions) -> None:
+        log.info("partitions revoked: %s", sorted(f"{p.topic}/{p.partition}" for p in partitions))
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         out = []
@@ -88,6 +101,9 @@ class ConfluentConsumer:
             out.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
                                dict(m.headers() or [])))
         return out
+
+    def has_assignment(self) -> bool:
+        return bool(self._c.assignment())
 
     def commit(self) -> None:
         from confluent_kafka import KafkaError, KafkaException
@@ -155,10 +171,12 @@ class ConfluentProducer:
 # -- kafka-python -------------------------------------------------------------------------------------
 
 class KafkaPythonConsumer:
-    def __init__(self, bootstrap: str, group: str, topics: list[str], max_records: int = 5000):
+    def __init__(self, bootstrap: str, group: str, topics: list[str], max_records: int = 5000,
+                 instance_id: str | None = None):
         from kafka import KafkaConsumer
 
-        self._c = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group,
+        extra = {"group_instance_id": instance_id} if instance_id else {}
+        self._c = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group, **extra,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 session_timeout_ms=6000, heartbeat_interval_ms=1000,
                                 max_poll_records=max_records, fetch_max_wait_ms=50,
@@ -169,6 +187,9 @@ class KafkaPythonConsumer:
         return [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
                         {k: v for k, v in (r.headers or [])})
                 for records in batches.values() for r in records]
+
+    def has_assignment(self) -> bool:
+        return bool(self._c.assignment())
 
     def commit(self) -> None:
         from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
@@ -214,9 +235,13 @@ class KafkaPythonProducer:
         self._p.close(timeout=10)
 
 
-def make_consumer(client: str, bootstrap: str, group: str, topics: list[str], max_records: int = 5000) -> Consumer:
+def make_consumer(client: str, bootstrap: str, group: str, topics: list[str], max_records: int = 5000,
+                  instance_id: str | None = None) -> Consumer:
+    """``instance_id`` turns on static group membership (KIP-345): a restarted member with the same id
+    takes its partitions back at once. The embedded broker (noida-db 0.2.3) never evicted a SIGKILLed
+    dynamic member in our tests, so a crashed-and-restarted scorer needs it there."""
     cls = {"confluent": ConfluentConsumer, "kafka-python": KafkaPythonConsumer}[client]
-    return cls(bootstrap, group, topics, max_records)
+    return cls(bootstrap, group, topics, max_records, instance_id)
 
 
 def make_producer(client: str, bootstrap: str, linger_ms: int = 5) -> Producer:

@@ -53,11 +53,13 @@ def neutralise(text: str) -> tuple[str, bool]:
     return "".join(out), flagged
 
 
-def build_messages(question: str, hits: list) -> tuple[list[dict], list[int]]:
-    """Chat messages for the model; returns also which passages were neutralised (1-based)."""
+def build_messages(question: str, hits: list, max_passage_chars: int = 1200) -> tuple[list[dict], list[int]]:
+    """Chat messages for the model; returns also which passages were neutralised (1-based).
+    ``max_passage_chars`` trims each passage so the prompt fits the model's context window."""
     blocks, flagged = [], []
     for n, h in enumerate(hits, start=1):
         text, bad = neutralise(h.text)
+        text = text if len(text) <= max_passage_chars else text[:max_passage_chars] + " …"
         if bad:
             flagged.append(n)
         blocks.append(f'<passage id="{n}" doc="{h.doc_id}">\n{text}\n</passage>')

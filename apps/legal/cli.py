@@ -42,8 +42,13 @@ def cmd_ingest(args, settings) -> int:
     from apps.legal.ingest import ingest
 
     cfg = _config(args, settings, embedder=args.embedder, distill_targets=args.distill_targets,
-                  batch_docs=args.batch_docs, checkpoint_passages=args.checkpoint_passages)
-    report = ingest(cfg, args.path, progress=not args.quiet)
+                  batch_docs=args.batch_docs, checkpoint_passages=args.checkpoint_passages,
+                  index_factory=args.index_factory)
+    report = ingest(cfg, args.path, progress=not args.quiet, build_indexes=args.workers == 0)
+    if args.workers:
+        from apps.legal.distributed import build_indexes_distributed
+
+        report.timings["ray"] = build_indexes_distributed(cfg, num_workers=args.workers)
     for line, why in report.malformed[:20]:
         print(f"skipped {args.path}:{line}: {why}", file=sys.stderr)
     if len(report.malformed) > 20:
@@ -134,7 +139,7 @@ def cmd_review(args, settings) -> int:
 def cmd_service(args, settings) -> int:
     from apps.legal.service import run_service
 
-    return run_service(settings, host=args.host, port=args.port, n_docs=args.n)
+    return run_service(settings, host=args.host, port=args.port, n_docs=args.n, rerank=args.rerank)
 
 
 def cmd_export_training(args, settings) -> int:
@@ -171,6 +176,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-docs", type=int, default=2000, help="judgments per SQLite transaction")
     p.add_argument("--checkpoint-passages", type=int, default=250_000,
                    help="passages between FAISS saves / BM25 segments (smaller: less redone after a crash)")
+    p.add_argument("--index-factory", default=None,
+                   help="FAISS index for a NEW knowledge base, e.g. Flat or IVF1024,SQ8 (default: chosen by size)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="build the indexes on N local Ray workers (0 = in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--kb", default=None, help="knowledge-base directory (default DSV_HOME/legal/kb)")
     p = add_command(group, "search", cmd_search, "Ranked passages for a query (hybrid BM25 + dense, RRF, MiniLM re-rank).")
@@ -195,3 +204,4 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8704)
     p.add_argument("--n", type=int, default=2000, help="demo corpus size when none exists")
+    p.add_argument("--rerank", action="store_true", help="re-rank search results with MiniLM (slower)")

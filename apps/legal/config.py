@@ -15,6 +15,7 @@ class LegalConfig:
     distill_targets: int = 1_000   # MiniLM sentence embeddings used to distil the static embedder
     distill_sample: int = 20_000   # passages whose terms form the static vocabulary
     expected_passages: int | None = None  # index plan override (default: estimated from the input size)
+    index_factory: str | None = None      # explicit FAISS factory ("Flat", "IVF1024,SQ8"); default by size
     nprobe: int = 16
     rrf_k: int = 60
     candidates: int = 50           # per retriever, before fusion

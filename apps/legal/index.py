@@ -32,6 +32,17 @@ class IndexPlan:
     train_size: int = 0
 
     @classmethod
+    def parse(cls, factory: str) -> "IndexPlan":
+        """An explicit FAISS factory string, e.g. "Flat" or "IVF64,SQ8"."""
+        m = re.match(r"^IVF(\d+),", factory)
+        if factory == "Flat":
+            return cls("Flat")
+        if not m:
+            raise ValueError(f"unsupported index factory {factory!r} (use Flat or IVF<n>,SQ8/PQ..)")
+        nlist = int(m.group(1))
+        return cls(factory, nlist, max(50 * nlist, 2_000))
+
+    @classmethod
     def for_size(cls, expected: int) -> "IndexPlan":
         if expected < FLAT_LIMIT:
             return cls("Flat")
@@ -155,6 +166,14 @@ class BM25Segments:
         with atomic_path(self._path(start, end), is_dir=True) as tmp:
             model.save(str(tmp), show_progress=False)
         self.segments.append((start, end, model))
+
+    def adopt_segment(self, start: int, end: int, built_dir: str | Path) -> None:
+        """Move a segment built elsewhere (e.g. by a Ray worker, in a temp dir under this directory)
+        into place; the rename is atomic, so a crash leaves either no segment or the whole one."""
+        if start != self.covered:
+            raise RuntimeError(f"BM25 covers {self.covered} passages, refusing a segment from {start}")
+        os.replace(built_dir, self._path(start, end))
+        self.segments.append((start, end, None))
 
     def _model(self, i: int):
         import bm25s

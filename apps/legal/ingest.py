@@ -68,8 +68,11 @@ def load_embedder(cfg: LegalConfig, store: Store | None = None, sample_texts: li
 
 
 class Ingestor:
-    def __init__(self, cfg: LegalConfig, progress: bool = True):
+    def __init__(self, cfg: LegalConfig, progress: bool = True, build_indexes: bool = True):
         self.cfg = cfg
+        # False: store judgments and passages only; the indexes are built afterwards, e.g. on Ray
+        # workers (apps.legal.distributed.build_indexes_distributed).
+        self.build_indexes = build_indexes
         self.progress = progress
         cfg.kb_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.sqlite_path)
@@ -93,6 +96,8 @@ class Ingestor:
 
     # --- indexing ------------------------------------------------------------------------------------
     def _index_passages(self, texts: list[str]) -> None:
+        if not self.build_indexes:
+            return
         t = time.perf_counter()
         tokens = [tokenize(x) for x in texts]
         self.timings["tokenize"] += time.perf_counter() - t
@@ -113,7 +118,7 @@ class Ingestor:
         t = time.perf_counter()
         if not self.dense.is_trained:
             expected = self.cfg.expected_passages or self._expected
-            plan = IndexPlan.for_size(expected)
+            plan = IndexPlan.parse(self.cfg.index_factory) if self.cfg.index_factory else IndexPlan.for_size(expected)
             if plan.factory != "Flat" and len(vectors) < min(plan.train_size, expected) and not final:
                 return  # keep buffering until there is enough to train the IVF quantiser
             if plan.factory != "Flat" and len(vectors) < 39 * plan.nlist:
@@ -165,7 +170,8 @@ class Ingestor:
             sample = [p for _, _, ps in first_batch for p in ps][: self.cfg.distill_sample]
             self.embedder = load_embedder(self.cfg, self.store, sample)
             self.store.set_meta("embedder", self.cfg.embedder)
-        self._recover(report)
+        if self.build_indexes:
+            self._recover(report)
         bar = tqdm(unit="doc", desc="ingest", disable=not self.progress)
         since_flush = 0
         batch: list[tuple] = []
@@ -249,8 +255,9 @@ class Ingestor:
         self.store.close()
 
 
-def ingest(cfg: LegalConfig, path: str | Path, progress: bool = True, max_docs: int | None = None) -> IngestReport:
-    ing = Ingestor(cfg, progress=progress)
+def ingest(cfg: LegalConfig, path: str | Path, progress: bool = True, max_docs: int | None = None,
+           build_indexes: bool = True) -> IngestReport:
+    ing = Ingestor(cfg, progress=progress, build_indexes=build_indexes)
     try:
         return ing.ingest(path, max_docs=max_docs)
     finally:

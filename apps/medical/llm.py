@@ -36,7 +36,8 @@ class AdapterReporter:
             from core.client import ModelClient
         except ImportError:
             return None
-        return cls(ModelClient(settings.server_url, api_key=settings.api_key, timeout=timeout))
+        # No client-side retries: the report has a 3.2 s budget and its own regenerate/fallback policy.
+        return cls(ModelClient(settings.server_url, api_key=settings.api_key, timeout=timeout, max_retries=0))
 
     def __call__(self, findings: list[dict], history: str | None, attempt: int) -> str:
         # First attempt greedy; a regeneration samples with another seed.

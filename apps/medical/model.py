@@ -35,6 +35,8 @@ class TrainConfig:
     learning_rate: float = 2e-3
     seed: int = 0
     log_every: int = 10
+    max_seconds: float | None = None
+    """Stop early (and still save) once training has run this long: a shared CPU can be slow."""
     model: ModelConfig = ModelConfig()
 
 
@@ -115,7 +117,9 @@ def train(cfg: TrainConfig) -> dict:
     it = 0
     bar = tqdm(total=cfg.iterations, desc=f"train rank {rank}", disable=rank != 0)
     model.train()
-    while it < cfg.iterations:
+    started = time.perf_counter()
+    stop = False
+    while it < cfg.iterations and not stop:
         for batch in loader:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
@@ -130,7 +134,10 @@ def train(cfg: TrainConfig) -> dict:
             if it % cfg.log_every == 0 and rank == 0:
                 log.info("iteration %d/%d loss %.4f (%.2f s/it)", it, cfg.iterations,
                          float(np.mean(losses[-cfg.log_every:])), float(np.mean(step_times[-cfg.log_every:])))
-            if it >= cfg.iterations:
+            if cfg.max_seconds and time.perf_counter() - started > cfg.max_seconds:
+                log.warning("time budget of %.0f s reached after %d iterations: stopping", cfg.max_seconds, it)
+                stop = True
+            if it >= cfg.iterations or stop:
                 break
     bar.close()
     summary = {"iterations": it, "world_size": world, "cases_per_rank": len(items),

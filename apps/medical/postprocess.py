@@ -66,16 +66,17 @@ def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, nativ
                      native_shape: tuple[int, int, int], image_numbers: list[int],
                      cfg: PostprocessConfig = PostprocessConfig()) -> tuple[list[Finding], np.ndarray]:
     """Components of ``prob > threshold`` on the canonical grid; returns findings and their label map."""
-    import torch
-    from monai.transforms import RemoveSmallObjects
     from scipy import ndimage
 
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     voxel_mm = voxel_mm3 ** (1 / 3)
     binary = prob > cfg.threshold
     min_voxels = max(1, int(np.ceil(cfg.min_volume_mm3 / voxel_mm3)))
-    binary = RemoveSmallObjects(min_size=min_voxels)(torch.as_tensor(binary)[None]).numpy()[0].astype(bool)
     comp, n = ndimage.label(binary)
+    sizes = np.bincount(comp.ravel())
+    small = sizes < min_voxels
+    small[0] = False
+    comp[small[comp]] = 0  # too small to be a reportable nodule
     # Patient side and zone relative to the scanned volume (the scan is centred on the chest).
     corners = np.array([[i, j, k, 1] for i in (0, native_shape[0] - 1) for j in (0, native_shape[1] - 1)
                         for k in (0, native_shape[2] - 1)], dtype=float) @ native_affine.T

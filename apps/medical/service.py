@@ -28,6 +28,7 @@ class ServiceConfig:
     settle_s: float = 2.0
     train_cases: int = 6
     train_iterations: int = 150
+    train_max_seconds: float = 900.0
     demo_seed: int = 4242
     settings: object | None = None
 
@@ -51,7 +52,7 @@ class ServiceConfig:
 def ensure_model(cfg: ServiceConfig) -> None:
     if cfg.model_path.exists():
         return
-    from .model import TrainConfig, train
+    from .model import ModelConfig, TrainConfig, train
     from .synth import generate_cases
 
     log.info("no model at %s: synthesising %d training cases and training %d iterations",
@@ -60,7 +61,9 @@ def ensure_model(cfg: ServiceConfig) -> None:
     if not (data / "manifest.json").exists():
         generate_cases(data, cfg.train_cases, seed=7)
     cfg.model_path.parent.mkdir(parents=True, exist_ok=True)
-    train(TrainConfig(data_dir=data, out=cfg.model_path, iterations=cfg.train_iterations))
+    # A light network so that a fresh machine is ready in minutes; `dsv medical train` makes better ones.
+    train(TrainConfig(data_dir=data, out=cfg.model_path, iterations=cfg.train_iterations,
+                      max_seconds=cfg.train_max_seconds, model=ModelConfig(patch=32, channels=(8, 16, 32, 64))))
 
 
 def ensure_demo_study(cfg: ServiceConfig) -> None:

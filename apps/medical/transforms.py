@@ -25,7 +25,7 @@ def canonical_transforms(keys=("image",), spacing_mm: float = 1.0, modes=("bilin
     from monai.transforms import Compose, Orientationd, Spacingd
 
     return Compose([
-        Orientationd(keys=list(keys), axcodes="LPS"),
+        Orientationd(keys=list(keys), axcodes="LPS", labels=None),  # labels from the MetaTensor's LPS space
         Spacingd(keys=list(keys), pixdim=(spacing_mm,) * 3, mode=list(modes), padding_mode="border"),
     ])
 

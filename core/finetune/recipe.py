@@ -357,8 +357,8 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
                                     collate_fn=lambda b: collate(b, pad_id),
                                     generator=torch.Generator().manual_seed(config.seed))
                 step_in_epoch = skip
+                tick = time.perf_counter()  # training time includes data loading, not eval/checkpoints
                 for group in _accumulation_groups(loader, tcfg.grad_accum):
-                    started = time.perf_counter()
                     loss_sum = 0.0
                     for j, batch in enumerate(group):
                         sync = j == len(group) - 1
@@ -371,7 +371,7 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                    train_seconds += time.perf_counter() - started
+                    train_seconds += time.perf_counter() - tick
                     global_step += 1
                     step_in_epoch += 1
                     report.steps += 1
@@ -401,6 +401,7 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
                         dist.barrier()
                     if done:
                         break
+                    tick = time.perf_counter()
                 if done:
                     break
             if val_data is not None:

@@ -104,6 +104,9 @@ class _Sequence:
     position: int                      # position id of the next token to feed
     last_token: int
     generated: list[int] = field(default_factory=list)
+    text: str = ""                     # decoded so far (incrementally, see _detokenize)
+    prefix_offset: int = 0
+    read_offset: int = 0
     sent_chars: int = 0
     first_token_at: float | None = None
 
@@ -131,6 +134,7 @@ class Engine:
         self._running: list[_Sequence] = []
         self._cache = None
         self._mask = None                     # [batch, cached_len] attention mask of the running batch
+        self._step_seconds = 0.0              # moving average of a decode step (admission coalescing)
         self._thread = threading.Thread(target=self._loop, name="dsv-engine", daemon=True)
 
     # -- public API (any thread) -----------------------------------------------------------------
@@ -200,7 +204,7 @@ class Engine:
                 time.sleep(min(0.002, self.max_wait_s))
         if not self._scores.empty():
             self._score_batch()
-        admitted = self._admit()
+        admitted = self._admit() if self._should_admit() else []
         if admitted:
             self._prefill(admitted)
         if self._running:
@@ -220,6 +224,25 @@ class Engine:
                     future.set_result(fn())
                 except Exception as exc:
                     future.set_exception(exc)
+
+    def _should_admit(self) -> bool:
+        """Join waiting requests now, or let a few more gather first?
+
+        A prefill costs about as much as a decode step of the whole batch, whatever its size, so while
+        a batch is running, arrivals are coalesced for up to ~2 decode steps (plus max_wait) unless
+        they already fill every free row.
+        """
+        waiting = self._waiting.qsize()
+        if waiting == 0:
+            return False
+        free = self.config.max_batch - len(self._running)
+        if not self._running or waiting >= free:
+            return free > 0
+        try:
+            oldest = self._waiting.queue[0].arrived
+        except IndexError:
+            return False
+        return time.perf_counter() - oldest >= self.max_wait_s + 2 * self._step_seconds
 
     def _admit(self) -> list[_Sequence]:
         admitted = []
@@ -276,7 +299,9 @@ class Engine:
         input_ids = torch.tensor([[seq.last_token] for seq in running])
         self._mask = torch.cat([self._mask, torch.ones(len(running), 1, dtype=self._mask.dtype)], dim=1)
         positions = torch.tensor([[seq.position] for seq in running])
+        started = time.perf_counter()
         out = self._forward(input_ids, self._mask, positions, [_slot_name(s) for s in running], cache=self._cache)
+        self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.perf_counter() - started)
         BATCH_SIZE.labels(phase="decode").observe(len(running))
         self._cache = out.cache
         for seq in running:
@@ -320,8 +345,11 @@ class Engine:
     def _sample_and_emit(self, sequences: list[_Sequence], logits) -> None:
         now = time.perf_counter()
         finished: set[int] = set()
+        greedy = logits.argmax(-1).tolist()  # one call for the whole batch; sampled rows redo theirs
         for row, seq in enumerate(sequences):
-            token = _sample(self.torch, logits[row], seq.request.params, seq.generator)
+            params = seq.request.params
+            token = greedy[row] if params.temperature <= 0.0 else _sample(self.torch, logits[row], params,
+                                                                           seq.generator)
             seq.last_token = token  # fed at seq.position by the next decode step
             if seq.first_token_at is None:
                 seq.first_token_at = now
@@ -348,19 +376,30 @@ class Engine:
 
     def _emit_text(self, seq: _Sequence) -> str | None:
         """Send the new text; returns "stop-string" when a stop string appeared (text cut before it)."""
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        seq.text += self._detokenize(seq)
         stops = seq.request.params.stop
         for stop in stops:
-            at = text.find(stop)
+            at = seq.text.find(stop, max(0, seq.sent_chars - len(stop)))
             if at != -1:
-                self._send(seq, text[:at])
+                self._send(seq, seq.text[:at])
                 return "stop-string"
-        # Hold back a possible stop-string prefix and half-decoded UTF-8 (shown as U+FFFD).
-        hold = max((len(s) - 1 for s in stops), default=0)
-        ready = text[: len(text) - hold] if hold else text
-        ready = ready.rstrip("\ufffd")
-        self._send(seq, ready)
+        hold = max((len(s) - 1 for s in stops), default=0)  # a stop string may be arriving
+        self._send(seq, seq.text[: len(seq.text) - hold] if hold else seq.text)
         return None
+
+    def _detokenize(self, seq: _Sequence) -> str:
+        """New text since the last call, decoding only a short window (O(1) per token, like TGI/vLLM).
+
+        A byte-level token may end in the middle of a UTF-8 character (decoded as U+FFFD): then nothing
+        is released until the character completes.
+        """
+        ids = seq.generated
+        before = self.tokenizer.decode(ids[seq.prefix_offset:seq.read_offset], skip_special_tokens=True)
+        after = self.tokenizer.decode(ids[seq.prefix_offset:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
+            return after[len(before):]
+        return ""
 
     def _send(self, seq: _Sequence, text: str) -> None:
         if len(text) > seq.sent_chars:
@@ -370,8 +409,11 @@ class Engine:
     def _finish(self, seq: _Sequence, reason: str | None = None, error: Exception | None = None,
                 flush: bool = True) -> None:
         if flush and error is None and reason in ("stop", "length"):
-            # Send what the hold-back kept (a partial stop string that never completed, a last byte).
-            self._send(seq, self.tokenizer.decode(seq.generated, skip_special_tokens=True))
+            # Release what was held back (a stop-string prefix that never completed, a dangling byte).
+            tail = self.tokenizer.decode(seq.generated[seq.prefix_offset:], skip_special_tokens=True)
+            head = self.tokenizer.decode(seq.generated[seq.prefix_offset:seq.read_offset], skip_special_tokens=True)
+            seq.text += tail[len(head):]
+            self._send(seq, seq.text)
         if seq.slot is not None:
             self.adapters.release(seq.slot)
             seq.slot = None
@@ -420,10 +462,14 @@ class Engine:
                 return
             input_ids, mask = _left_pad(torch, sequences, self.pad_id)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self._forward(input_ids, mask, positions, adapters, logits_to_keep=0).logits
+            # Only the last K positions predict label tokens (rows are [pad..., prompt, label]):
+            # skipping the vocabulary projection elsewhere is most of the cost of a scoring pass.
+            keep = max(len(label) for request in batch for label in request.label_ids) + 1
+            logits = self._forward(input_ids, mask, positions, adapters, logits_to_keep=keep).logits
             BATCH_SIZE.labels(phase="score").observe(len(sequences))
             logprobs = torch.log_softmax(logits.float(), dim=-1)
-            width = input_ids.shape[1]
+            width = logits.shape[1]
+            targets_all = input_ids[:, -width:]
             results: dict[int, list[float]] = {}
             row = 0
             for request in batch:
@@ -433,7 +479,7 @@ class Engine:
                 for label in request.label_ids:
                     n = len(label)
                     # Row layout: [pad..., prompt, label]; logits at t predict token t+1.
-                    targets = input_ids[row, width - n:]
+                    targets = targets_all[row, width - n:]
                     predicted = logprobs[row, width - n - 1: width - 1, :]
                     values.append(float(predicted.gather(-1, targets[:, None]).sum()))
                     row += 1

@@ -54,18 +54,26 @@ def test_stream_scores_everything_and_routes_poison_to_dlq(broker, fin_model, cl
     assert all("tx" in json.loads(m.value()) for m in alerts), "alerts carry the transaction for the adjudicator"
 
 
+def _collect_output(proc) -> list[str]:
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return lines
+
+
 def test_two_processes_split_the_partitions(broker, fin_model):
     records = synthetic_records(3000, seed=12)
     group = unique("split")
-    procs = [scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "6") for _ in range(2)]
-    time.sleep(4)
-    for start in range(0, len(records), 500):  # spread over a few seconds so both members are in the group
-        produce_records(broker.bootstrap, TOPIC_TX, records[start:start + 500])
-        time.sleep(1)
-    outputs = [p.communicate(timeout=90)[0] for p in procs]
-    assert all("scored " in o for o in outputs), outputs
-    counts = [int(o.rsplit("scored ", 1)[1].split(",")[0]) for o in outputs]
-    assert all(c > 0 for c in counts), f"both members must get partitions: {counts}\n{outputs}"
+    procs = [scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "8") for _ in range(2)]
+    logs = [_collect_output(p) for p in procs]
+    # Data goes in only once both members hold partitions, so the split is the group's doing, not timing.
+    assert wait_until(lambda: all(any("partitions assigned: ['" in line for line in lg) for lg in logs), 60), logs
+    produce_records(broker.bootstrap, TOPIC_TX, records)
+    for p in procs:
+        p.wait(timeout=90)
+    time.sleep(0.5)
+    summaries = [next((line for line in lg if line.startswith("scored ")), "") for lg in logs]
+    counts = [int(line.split()[1].rstrip(",")) for line in summaries if line]
+    assert len(counts) == 2 and all(c > 0 for c in counts), f"both members must score: {summaries}\n{logs}"
     assert sum(counts) >= len(records)
     scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records})
     assert {m.key().decode() for m in scores} == {r["tx_id"] for r in records}
@@ -75,14 +83,15 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(broker, fin_model, capsys)
     records = synthetic_records(6000, seed=13)
     group = unique("crash")
     produce_records(broker.bootstrap, TOPIC_TX, records)
-    first = scorer_process(broker.bootstrap, fin_model, group)
+    # A static member id, as a StatefulSet pod would have: the restart takes the partitions back at once.
+    first = scorer_process(broker.bootstrap, fin_model, group, "--instance-id", "scorer-0")
     # Kill -9 as soon as some (not all) outputs are written.
     assert wait_until(lambda: len(read_topic(broker.bootstrap, TOPIC_SCORES, until=1000, timeout_s=2)) >= 1000, 60)
     first.kill()
     first.wait()
     partial = len(read_topic(broker.bootstrap, TOPIC_SCORES, until=len(records), timeout_s=3))
     assert partial < len(records), "the kill must land mid-stream for this test to mean anything"
-    second = scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "5")
+    second = scorer_process(broker.bootstrap, fin_model, group, "--instance-id", "scorer-0", "--idle-exit", "4")
     second.communicate(timeout=90)
     scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records}, timeout_s=20)
     seen = collections.Counter(m.key().decode() for m in scores)

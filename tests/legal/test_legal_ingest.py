@@ -38,7 +38,7 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     kb.mkdir()
     shutil.copytree(static_embedder_dir[0], kb / "static")
     cmd = [sys.executable, "-m", "core.cli", "legal", "ingest", str(corpus), "--kb", str(kb), "--quiet",
-           "--batch-docs", "100", "--checkpoint-passages", "700"]
+           "--batch-docs", "100", "--checkpoint-passages", "700", "--index-factory", "IVF16,SQ8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     db = kb / "kb.sqlite"
     killed_at = None
@@ -59,7 +59,7 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     assert proc.returncode == -signal.SIGKILL
 
     # Re-run in-process to completion, then again (a no-op): every judgment exactly once.
-    cfg = LegalConfig(kb_dir=kb, batch_docs=100, checkpoint_passages=700)
+    cfg = LegalConfig(kb_dir=kb, batch_docs=100, checkpoint_passages=700, index_factory="IVF16,SQ8")
     report = ingest(cfg, corpus, progress=False)
     assert report.added_docs == n - report.total_docs + report.added_docs  # consistent bookkeeping
     again = ingest(cfg, corpus, progress=False)
@@ -80,7 +80,13 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     with open(corpus) as src, open(dup, "w") as dst:
         dst.write(src.readline())
     assert ingest(cfg, dup, progress=False).skipped_duplicates == 1
-    # Every indexed vector is a real normalised embedding.
+    # The IVF index (trained after buffering enough vectors) filters by access inside the search.
+    import faiss
+
     index = DenseIndex(cfg.faiss_path)
-    scores, ids = index.search(np.ones((1, 384), np.float32) / np.sqrt(384), 5)
-    assert (ids >= 0).all()
+    assert isinstance(faiss.downcast_index(index.index), faiss.IndexIVFScalarQuantizer)
+    allowed = np.zeros(index.ntotal, dtype=bool)
+    allowed[::7] = True
+    scores, ids = index.search(np.ones((1, 384), np.float32) / np.sqrt(384), 50, allowed=allowed, nprobe=16)
+    found = ids[0][ids[0] >= 0]
+    assert len(found) == 50 and allowed[found].all()

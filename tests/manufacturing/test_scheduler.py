@@ -63,17 +63,20 @@ def test_a_cycle_without_new_data_rescores_nothing(tmp_path, trained_model, held
     sched.store.close()
 
 
-def test_scheduler_alerts_on_a_failing_machine(tmp_path, trained_model, heldout_fleet):
-    """Replay up to a faulty machine's failure: the stored history ends in alert for it."""
+def test_a_failing_machine_raises_an_alert_before_failure(trained_model, heldout_fleet):
+    """Batch scoring of machines that wear out (bearing wear / overheating): health late in the fault
+    is below health before onset, and the alert (with hysteresis) starts before the failure."""
+    from apps.manufacturing.pipeline import score_frame
+
     lab = heldout_fleet.labels
-    i = int(np.flatnonzero((lab.fault == "overheating").to_numpy() | (lab.fault == "bearing_wear").to_numpy())[0])
-    dev = heldout_fleet.device_ids[i]
+    failing = lab[lab.fault.isin(["bearing_wear", "overheating"])]
+    assert len(failing) >= 2
     frame = heldout_fleet.to_frame()
-    path = tmp_path / "one.csv"
-    frame[frame.device_id == dev].to_csv(path, index=False)
-    sched = _scheduler(trained_model, path, tmp_path / "one.sqlite", replay=False)
-    sched.run_cycle()
-    with sqlite3.connect(sched.store.path) as conn:
-        health = conn.execute("SELECT health FROM scores").fetchone()[0]
-    sched.store.close()
-    assert health < trained_model.cfg.alert_below
+    scores = score_frame(trained_model, frame[frame.device_id.isin(failing.device_id)])
+    scores["t"] = (pd.to_datetime(scores.ts) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    for _, row in failing.iterrows():
+        dev = scores[scores.device_id == row.device_id]
+        before = dev[dev.t < row.onset_ts].health
+        late = dev[dev.t > row.failure_ts - 6 * 3600].health
+        assert late.median() < before.median()
+        assert dev[dev.alert].t.min() < row.failure_ts, f"{row.device_id} ({row.fault}) never alerted"

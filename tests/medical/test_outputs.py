@@ -40,14 +40,14 @@ def test_seg_reads_back_and_references_source_series(synth_cases, tmp_path):
     for frame in seg.PerFrameFunctionalGroupsSequence:
         src = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         assert src in referenced
-    assert seg.PatientName == "PAT-abc" and seg.PatientIdentityRemoved == "YES"
+    assert str(seg.PatientName) == "PAT-abc^" and seg.PatientIdentityRemoved == "YES"
     assert int(np.asarray(seg.pixel_array).sum()) == int(mask.sum())
 
 
 def test_postprocess_measures_a_known_sphere():
     shape = (64, 64, 64)
     zz = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    sphere = np.linalg.norm(zz - np.array([20, 30, 40]), axis=-1) <= 5.0  # 11 mm across at 1 mm spacing
+    sphere = np.linalg.norm(zz - np.array([20, 30, 50]), axis=-1) <= 5.0  # 11 mm across at 1 mm spacing
     prob = sphere.astype(np.float32) * 0.9
     hu = np.where(sphere, 30.0, -850.0)
     affine = np.eye(4)
@@ -164,4 +164,4 @@ def test_segment_command_writes_no_identifier_anywhere(tmp_path, tiny_medical_mo
             assert needle.lower().encode() not in blob.lower(), f"{needle!r} leaked into {name}"
     if record["segmentation"]:  # the SEG carries the pseudonym, not the patient
         seg = pydicom.dcmread(series_dir / "segmentation.dcm")
-        assert str(seg.PatientName) == record["patient"] and "InstitutionName" not in seg
+        assert str(seg.PatientName).rstrip("^") == record["patient"] and "InstitutionName" not in seg

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from shared.ops_cli import APPS, available_commands
+from shared.ops_cli import APPS
 from tests.ops.conftest import require_tool
 
 
@@ -43,27 +43,15 @@ def test_services_present(compose):
     assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
 
 
-def test_every_command_exists_in_the_project(compose, repo):
-    commands = available_commands()
-    missing = []
+def test_every_command_exists_in_the_project(compose, check_command):
+    problems = []
     for name, service in compose["services"].items():
         command = service.get("command")
-        if not command or not isinstance(command, list):
-            continue
-        if command[0] == "dsv":
-            # `dsv finance service`, `dsv serve --host ...`: the words before the first option.
-            words = []
-            for word in command[1:]:
-                if word.startswith("-"):
-                    break
-                words.append(word)
-            if tuple(words) not in commands:
-                missing.append(f"{name}: dsv {' '.join(words)}")
-        elif command[0] == "streamlit":
-            script = repo / command[2]
-            if not script.exists():
-                missing.append(f"{name}: {command[2]} does not exist")
-    assert not missing, "compose commands that this checkout does not provide:\n" + "\n".join(missing)
+        if isinstance(command, list) and command[0] in ("dsv", "streamlit"):
+            why = check_command(command)
+            if why:
+                problems.append(f"{name}: {why}")
+    assert not problems, "compose commands that this checkout does not provide:\n" + "\n".join(problems)
 
 
 def volumes(service) -> list[tuple[str, str]]:

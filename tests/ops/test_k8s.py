@@ -69,6 +69,9 @@ def test_model_server_resources_probes_and_priority(rendered):
     assert pod["priorityClassName"] == "dsv-core"
     assert by_kind(docs, "PriorityClass", "dsv-core")["value"] > by_kind(docs, "PriorityClass", "dsv-standard")["value"]
     assert "topology.kubernetes.io/zone" in {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
+    # Recovery levels 2/3: evicted from a failed node after 30 s (default 300 s would break the 90 s RTO).
+    evict = {t["key"]: t.get("tolerationSeconds") for t in pod["tolerations"] if t["effect"] == "NoExecute"}
+    assert evict == {"node.kubernetes.io/unreachable": 30, "node.kubernetes.io/not-ready": 30}
     pdb = by_kind(docs, "PodDisruptionBudget", "model-server")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert 1 <= pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
@@ -94,17 +97,29 @@ def test_apps_have_service_and_dashboard_with_probes(rendered):
     for app in APPS:
         pod = by_kind(docs, "Deployment", app)["spec"]["template"]["spec"]
         containers = {c["name"]: c for c in pod["containers"]}
-        assert containers["service"]["args"] == [app, "service"]
+        assert containers["service"]["args"][:2] == [app, "service"]
         assert containers["dashboard"]["args"][:2] == ["run", f"apps/{app}/dashboard.py"]
         for container in containers.values():
             assert "readinessProbe" in container and "livenessProbe" in container
     assert by_kind(docs, "Deployment", "finance")["spec"]["template"]["spec"]["priorityClassName"] == "dsv-core"
 
 
+def test_every_container_command_exists_in_the_project(rendered, check_command):
+    problems = []
+    for doc in rendered["overlays/production"]:
+        for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            why = check_command(container["command"] + container.get("args", []))
+            if why:
+                problems.append(f"{doc['metadata']['name']}/{container['name']}: {why}")
+    assert not problems, "\n".join(problems)
+
+
 def test_cpu_overlay_drops_the_gpu(rendered):
     docs = rendered["overlays/cpu-dev"]
     container = by_kind(docs, "Deployment", "model-server")["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in container["resources"]["requests"]
+    pod = by_kind(docs, "Deployment", "model-server")["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in {t["key"] for t in pod["tolerations"]}
     assert by_kind(docs, "HorizontalPodAutoscaler", "model-server")["spec"]["maxReplicas"] == 2
     assert all(d["metadata"].get("namespace") == "dsv" for d in docs
                if d["kind"] not in ("Namespace", "PriorityClass"))

@@ -16,7 +16,8 @@ import pytest
 from shared.supervisor import ChildSpec, RestartPolicy, StartupError, Supervisor
 
 PY = sys.executable
-FAST = RestartPolicy(initial_backoff=0.1, max_backoff=0.4, factor=2.0, stable_after=5.0)
+# stable_after is long so that a slow start on a loaded machine still counts as a quick crash.
+FAST = RestartPolicy(initial_backoff=0.1, max_backoff=0.4, factor=2.0, stable_after=60.0)
 
 
 def alive(pid: int) -> bool:
@@ -74,25 +75,28 @@ def test_crashing_child_is_restarted_with_growing_backoff(tmp_path):
     delays = []
     deadline = time.monotonic() + 15
     while child.restarts < 3 and time.monotonic() < deadline:
-        due_before = child.restart_due
-        sup.poll_once()
+        due_before, now = child.restart_due, time.monotonic()
+        sup.poll_once(now)
         if child.restart_due is not None and due_before is None:
-            delays.append(child.restart_due - time.monotonic())
+            delays.append(child.restart_due - now)
         time.sleep(0.02)
     assert child.restarts == 3
     assert child.last_exit == 3
-    # Exponential backoff: 0.1, 0.2, 0.4 (capped at max_backoff), each later delay longer.
-    assert len(delays) == 3 and delays[0] < delays[1] < delays[2] <= FAST.max_backoff
+    # Exponential backoff: 0.1, 0.2, 0.4 (then capped at max_backoff).
+    assert delays == pytest.approx([0.1, 0.2, 0.4])
     wait_until(lambda: counter.read_text() == "4", what="fourth start")
     sup.poll_once()
-    assert child.state == "running"
+    assert child.state == "running" and child.consecutive_crashes == 3
+    # Once it has stayed up for stable_after, the backoff starts over for the next crash.
+    sup.poll_once(now=child.started_at + FAST.stable_after + 1)
+    assert child.consecutive_crashes == 0
     log_text = child.log_path.read_text()
     assert log_text.count("--- ") == 4 and "start 4" in log_text  # one log file, every start appended
     sup.stop()
 
 
 def test_gives_up_after_max_restarts(tmp_path):
-    policy = RestartPolicy(initial_backoff=0.05, max_backoff=0.05, stable_after=5.0, max_restarts=2)
+    policy = RestartPolicy(initial_backoff=0.05, max_backoff=0.05, stable_after=60.0, max_restarts=2)
     sup = Supervisor([ChildSpec("broken", [PY, "-c", "raise SystemExit(1)"])], tmp_path, policy=policy)
     sup.start()
     child = sup.children[0]

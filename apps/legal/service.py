@@ -1,0 +1,112 @@
+"""`dsv legal service`: prepare a demo knowledge base if missing, then serve search / ask / review over HTTP.
+
+Endpoints (FastAPI): ``GET /health``, ``GET /search?q=..&k=10&tenant=..``, ``POST /ask`` ``{"question", "k",
+"tenant"}``, ``POST /review`` ``{"text", "tenant"}``. Answers use the `legal` adapter through the model
+server when it is up, else the labelled extractive fallback. Ctrl-C / SIGTERM stop it cleanly (uvicorn).
+The service writes ``DSV_HOME/legal/service.json`` (URL, corpus size) for the dashboard.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from apps.legal.config import LegalConfig, default_config
+from shared.io import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def prepare_demo_kb(cfg: LegalConfig, n_docs: int, seed: int = 0) -> dict | None:
+    """Generate and ingest a synthetic corpus when the knowledge base is empty (resumes if interrupted)."""
+    from apps.legal.generate import GeneratorConfig, write_corpus
+    from apps.legal.ingest import ingest
+    from apps.legal.store import Store
+
+    corpus = cfg.kb_dir.parent / f"demo-corpus-{n_docs}.jsonl"
+    if cfg.sqlite_path.exists():
+        store = Store(cfg.sqlite_path)
+        done = store.n_docs() >= n_docs and store.n_chunks() > 0
+        store.close()
+        if done and cfg.faiss_path.exists():
+            return None
+    if not corpus.exists():
+        write_corpus(GeneratorConfig(n=n_docs, seed=seed), corpus)
+    report = ingest(cfg, corpus)
+    return {"docs": report.total_docs, "passages": report.total_passages, "seconds": round(report.seconds, 1)}
+
+
+def create_app(cfg: LegalConfig, settings, rerank: bool = False):
+    from fastapi import FastAPI, HTTPException
+    from pydantic import BaseModel
+
+    from apps.legal.llm import LegalAnswerer
+    from apps.legal.pipeline import RetrievalMode, Retriever
+    from apps.legal.review import ContractReviewer
+
+    retriever = Retriever(cfg, RetrievalMode(rerank=rerank))
+    retriever.warm_up()
+    reviewer = ContractReviewer(cfg)
+    client_state = {"checked": 0.0, "client": None}
+
+    def client():
+        if time.monotonic() - client_state["checked"] > 30:  # re-probe the model server every 30 s
+            from apps.legal.cli import make_client
+
+            client_state["client"] = make_client(settings)
+            client_state["checked"] = time.monotonic()
+        return client_state["client"]
+
+    app = FastAPI(title="dsv legal", description="Hybrid search, cited answers and contract review over judgments.")
+
+    class AskRequest(BaseModel):
+        question: str
+        k: int = 5
+        tenant: str | None = None
+
+    class ReviewRequest(BaseModel):
+        text: str
+        tenant: str | None = None
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/search")
+    def search(q: str, k: int = 10, tenant: str | None = None):
+        if not q.strip() or not 1 <= k <= 100:
+            raise HTTPException(400, "q must be non-empty and 1 <= k <= 100")
+        return [h.to_json() for h in retriever.search(q, tenant=tenant, k=k)]
+
+    @app.post("/ask")
+    def ask(req: AskRequest):
+        hits = retriever.search(req.question, tenant=req.tenant, k=req.k)
+        c = client()
+        result = LegalAnswerer(c, model=cfg.model).answer(req.question, hits)
+        if c is None:
+            result.answer = result.answer.replace("model server not configured", "model server unavailable")
+            result.mode = result.mode.replace("model server not configured", "model server unavailable")
+        return result.to_json()
+
+    @app.post("/review")
+    def review(req: ReviewRequest):
+        return [f.to_json() for f in reviewer.review(req.text, tenant=req.tenant)]
+
+    return app
+
+
+def run_service(settings, host: str = "127.0.0.1", port: int = 8704, n_docs: int = 2000, rerank: bool = False) -> int:
+    import uvicorn
+
+    cfg = default_config(settings, distill_targets=200)
+    prepared = prepare_demo_kb(cfg, n_docs)
+    if prepared:
+        log.info("prepared demo knowledge base: %s", prepared)
+    app = create_app(cfg, settings, rerank=rerank)
+    status = Path(settings.app_dir("legal")) / "service.json"
+    write_text_atomic(status, json.dumps({"url": f"http://{host}:{port}", "kb_dir": str(cfg.kb_dir),
+                                          "started": time.time(), "prepared": prepared}))
+    log.info("legal service on http://%s:%d", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")  # handles SIGINT/SIGTERM gracefully
+    return 0

@@ -1,0 +1,204 @@
+"""Medical benchmark: training time per iteration, inference and report time per case, evaluation figures.
+
+All data is SYNTHETIC (``apps/medical/synth.py``): training cases use seed 1, held-out cases seed 2.
+Baselines measured in the same run, reported as ratios:
+  * detection: a classic HU-threshold candidate detector (smoothed HU > -500, components of 8-15,000 mm3
+    scored by compactness) evaluated with the same FROC/CPM code as the UNet;
+  * report: the structured template (no LLM) vs the ``medical`` adapter through the model server.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/medical.py --iterations 240 [--reuse-model]
+
+Prints one JSON object; ``--out`` also writes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("bench.medical")
+
+
+def baseline_probability(hu: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(hu, 1.0)
+    return (smooth > -500).astype(np.float32) * 0.99
+
+
+def compactness_rescore(findings) -> None:
+    for f in findings:
+        sphere = np.pi / 6 * f.longest_diameter_mm ** 3
+        too_big = f.volume_mm3 > 15000
+        f.score = 0.0 if too_big else round(float(min(1.0, f.volume_mm3 / sphere)), 4)
+
+
+def evaluate_baseline(case_dirs, spacing_mm: float) -> dict:
+    from apps.medical.evaluation import EvalConfig, summarise
+    from apps.medical.model import load_case
+    from apps.medical.postprocess import PostprocessConfig, extract_findings
+    from apps.medical.transforms import canonical_transforms
+
+    results, seconds = [], []
+    for case_dir in case_dirs:
+        truth = json.loads((case_dir / "truth" / "nodules.json").read_text())
+        item = load_case(case_dir)
+        native_affine = np.asarray(item["image"].affine, dtype=float)
+        data = canonical_transforms(("image",), spacing_mm)(item)
+        hu = data["image"].numpy()[0]
+        t0 = time.perf_counter()
+        prob = baseline_probability(hu)
+        cands, _ = extract_findings(prob, hu, np.asarray(data["image"].affine, dtype=float), native_affine,
+                                    tuple(item["image"].shape[1:]), list(range(1, item["image"].shape[3] + 1)),
+                                    PostprocessConfig(threshold=0.5, max_findings=100000))
+        compactness_rescore(cands)
+        cands = [f for f in cands if f.score > 0]
+        seconds.append(time.perf_counter() - t0)
+        used, nodules = set(), []
+        for n in truth["nodules"]:
+            c = np.asarray(n["center_mm"])
+            hits = [i for i, f in enumerate(cands) if np.linalg.norm(np.asarray(f.center_mm) - c) <= n["diameter_mm"] / 2 + 1]
+            used.update(hits)
+            nodules.append({"diameter_mm": n["diameter_mm"], "kind": n["kind"],
+                            "score": max((cands[i].score for i in hits), default=0.0), "dice": None})
+        results.append({"case": case_dir.name, "nodules": nodules, "inference_s": seconds[-1],
+                        "fp_scores": [f.score for i, f in enumerate(cands) if i not in used]})
+    return summarise(results, EvalConfig(model_path=Path("baseline")))
+
+
+def ensure_server(work: Path):
+    """The configured model server, or a local one on the tiny model (untrained adapters) for timing."""
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    try:
+        from core.client import ModelClient
+
+        client = ModelClient(settings.server_url, api_key=settings.api_key, timeout=30)
+        if client.available() and "medical" in client.models():
+            return client, None, "configured server"
+    except Exception:
+        pass
+    from core.model.tiny import build_untrained
+    from core.model.tokenizer import train_bpe_tokenizer
+    from tests.fixtures import SAMPLE_TEXTS, start_model_server
+
+    model_dir = settings.default_model_dir
+    if not (model_dir / "config.json").exists():
+        model_dir = work / "deepseek-tiny"
+        if not (model_dir / "config.json").exists():
+            tok = train_bpe_tokenizer(SAMPLE_TEXTS, vocab_size=2000)
+            build_untrained(tok, seed=0).save_pretrained(str(model_dir))
+            tok.save_pretrained(str(model_dir))
+    server = start_model_server(work / "server", model_dir)
+    from core.client import ModelClient
+
+    return ModelClient(server.base_url, api_key=server.api_keys["medical"], timeout=60), server, \
+        f"local server, {model_dir.name} + untrained medical LoRA adapter"
+
+
+def time_reports(findings_sets, client) -> dict:
+    from apps.medical.llm import AdapterReporter
+    from apps.medical.report import ReportConfig, make_report
+
+    reporter = AdapterReporter(client)
+    llm, template, released, verified = [], [], [], 0
+    for findings in findings_sets:
+        t0 = time.perf_counter()
+        make_report(findings, None, lambda *a: (_ for _ in ()).throw(ConnectionError("off")))
+        template.append(time.perf_counter() - t0)
+        out = make_report(findings, "Screening CT.", reporter, ReportConfig())
+        llm.append(out["seconds"])
+        released.append(out["source"])
+        verified += bool(out["attempts"] and out["attempts"][0].get("verification", {}).get("ok"))
+    return {"report_s_per_case_median": round(float(np.median(llm)), 3), "report_s_per_case_max": round(float(np.max(llm)), 3),
+            "goal_s": 3.2, "template_only_s_median": round(float(np.median(template)), 5),
+            "llm_over_template_time_ratio": round(float(np.median(llm) / max(np.median(template), 1e-6)), 1),
+            "released_sources": {s: released.count(s) for s in set(released)},
+            "llm_first_attempt_verified": f"{verified}/{len(findings_sets)}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(REPO / "var" / "medical" / "bench"))
+    parser.add_argument("--train-cases", type=int, default=20)
+    parser.add_argument("--eval-cases", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=240)
+    parser.add_argument("--max-train-seconds", type=float, default=2400)
+    parser.add_argument("--reuse-model", action="store_true", help="use WORK/model.pt if present (its recorded s/it)")
+    parser.add_argument("--skip-report", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    import torch
+
+    torch.set_num_threads(1)
+    from apps.medical.evaluation import EvalConfig, evaluate_case, summarise
+    from apps.medical.model import ModelConfig, TrainConfig, load_checkpoint, train
+    from apps.medical.synth import generate_cases
+
+    work = Path(args.work)
+    if not (work / "train" / "manifest.json").exists():
+        generate_cases(work / "train", args.train_cases, seed=1)
+    if not (work / "eval" / "manifest.json").exists():
+        generate_cases(work / "eval", args.eval_cases, seed=2)
+    model_path = work / "model.pt"
+    if not (args.reuse_model and model_path.exists()):
+        train(TrainConfig(work / "train", model_path, iterations=args.iterations, max_seconds=args.max_train_seconds,
+                          model=ModelConfig(patch=32, channels=(8, 16, 32, 64))))
+    train_meta = json.loads(model_path.with_suffix(".json").read_text())
+    net, mcfg = load_checkpoint(model_path)
+    case_dirs = sorted(p.parent.parent for p in (work / "eval").glob("*/truth/nodules.json"))
+    cfg = EvalConfig(model_path=model_path)
+    per_case = [evaluate_case(net, mcfg, c, cfg) for c in case_dirs]
+    model_eval = summarise(per_case, cfg)
+    base_eval = evaluate_baseline(case_dirs, mcfg.spacing_mm)
+    result = {
+        "data": "SYNTHETIC CT: train seed 1, held-out eval seed 2",
+        "training": {k: train_meta[k] for k in ("iterations", "seconds_per_iteration", "first_loss", "last_loss")}
+        | {"model_config": train_meta["model_config"], "train_cases": args.train_cases},
+        "inference_s_per_case_median": model_eval["inference_s_per_case_median"],
+        "evaluation": {k: v for k, v in model_eval.items() if k != "dice_per_nodule"},
+        "baseline_hu_threshold": {k: base_eval[k] for k in ("cpm", "fp_per_scan", "sensitivity_by_size",
+                                                            "inference_s_per_case_median")},
+        "cpm_ratio_model_over_baseline": round(model_eval["cpm"] / base_eval["cpm"], 3) if base_eval["cpm"] else None,
+    }
+    if not args.skip_report:
+        # Findings as the pipeline reports them (threshold 0.5) on each held-out case.
+        from apps.medical.model import load_case
+        from apps.medical.postprocess import extract_findings
+        from apps.medical.transforms import canonical_transforms, scale_transform
+        from apps.medical.model import predict_probability
+
+        sets = []
+        for c in case_dirs:
+            item = canonical_transforms(("image",), mcfg.spacing_mm)(load_case(c))
+            prob = predict_probability(net, scale_transform()({"image": item["image"]})["image"], mcfg)
+            f, _ = extract_findings(prob, item["image"].numpy()[0], np.asarray(item["image"].affine, dtype=float),
+                                    np.asarray(item["image"].affine, dtype=float), tuple(item["image"].shape[1:]),
+                                    list(range(1, item["image"].shape[3] + 1)))
+            sets.append([x.as_dict() for x in f])
+        client, server, where = ensure_server(work)
+        try:
+            result["report"] = {"server": where} | time_reports(sets, client)
+        finally:
+            if server is not None:
+                from tests.fixtures import stop_model_server
+
+                stop_model_server(server)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

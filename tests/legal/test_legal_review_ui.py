@@ -1,0 +1,118 @@
+"""Contract review, training-data export, the HTTP service (real subprocess) and the dashboard (AppTest)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from apps.legal.review import ContractReviewer, evaluate_review, split_clauses
+from apps.legal.statutes import lookup
+
+CONTRACT = """1. The Supplier shall not be liable for any damage, including death or personal injury.
+2. This agreement is governed by the laws of Ireland.
+3. 公司将永久保存用户的个人信息。
+4. The Provider may share customer data with any third parties for marketing.
+5. 逾期付款的，按未付金额每日万分之五支付违约金。"""
+
+
+def test_review_flags_risky_clauses_with_real_statutes_and_accessible_precedents(legal_kb):
+    cfg, _, _ = legal_kb
+    assert len(split_clauses(CONTRACT)) == 5
+    findings = ContractReviewer(cfg).review(CONTRACT, tenant=None)
+    risky = {f.index: f for f in findings if f.risky}
+    assert set(risky) == {1, 3, 4}
+    assert risky[1].category == "liability_exclusion" and "《中华人民共和国民法典》第五百零六条" in risky[1].statutes
+    assert all(lookup(s) for f in risky.values() for s in f.statutes)
+    assert all(f.suggestion for f in risky.values())
+    # Precedents come through the same access-controlled retrieval: firm-a's judgment never shows up.
+    assert risky[4].precedents and all(p["doc_id"] != "secret-a-1" for p in risky[4].precedents)
+    json.dumps([f.to_json() for f in findings], ensure_ascii=False)
+
+
+def test_review_accuracy_is_measured_with_and_without_retrieval():
+    result = evaluate_review()
+    for split in ("held_out_fills", "held_out_templates"):
+        for name in ("without_retrieval", "with_retrieval"):
+            acc = result[split][name]["accuracy_risky_vs_safe"]
+            assert 0.0 <= acc <= 1.0
+    # With the bank holding the wordings (other parties / numbers), retrieval must beat rules alone.
+    assert (result["held_out_fills"]["with_retrieval"]["accuracy_risky_vs_safe"]
+            > result["held_out_fills"]["without_retrieval"]["accuracy_risky_vs_safe"])
+
+
+def test_export_training_data_is_valid_chat_jsonl(legal_kb, tmp_path):
+    from apps.legal.review import export_training_data
+    from core.finetune.data import load_chat_jsonl
+
+    cfg, _, _ = legal_kb
+    out = tmp_path / "train.jsonl"
+    n = export_training_data(cfg, out, n=10)
+    assert n > 0
+    records = load_chat_jsonl(out)
+    assert len(records) == n
+    first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert "[" in first["messages"][2]["content"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_service_prepares_a_corpus_serves_and_stops_on_sigterm(tmp_path, static_embedder_dir):
+    home = tmp_path / "home"
+    kb = home / "legal" / "kb"
+    kb.mkdir(parents=True)
+    shutil.copytree(static_embedder_dir[0], kb / "static")  # skip the MiniLM distillation step
+    port = _free_port()
+    env = {**os.environ, "DSV_HOME": str(home), "DSV_SERVER_URL": "http://127.0.0.1:9/v1"}
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "legal", "service", "--port", str(port), "--n", "120"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        hits = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "违约责任", "k": 3}, timeout=30).json()
+        assert len(hits) == 3 and all(h["doc_id"].startswith("syn-") for h in hits)
+        answer = httpx.post(f"http://127.0.0.1:{port}/ask", json={"question": "违约责任如何承担？"}, timeout=60).json()
+        assert answer["mode"] == "extractive (model server unavailable)" and answer["citations"]
+        assert json.loads((home / "legal" / "service.json").read_text())["url"].endswith(str(port))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0
+
+
+def test_dashboard_answers_with_citations_and_reviews(legal_kb, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    cfg, _, _ = legal_kb
+    monkeypatch.setenv("DSV_LEGAL_KB", str(cfg.kb_dir))
+    monkeypatch.setenv("DSV_SERVER_URL", "http://127.0.0.1:9/v1")
+    app = Path(__file__).resolve().parents[2] / "apps" / "legal" / "dashboard.py"
+    at = AppTest.from_file(str(app), default_timeout=120).run()
+    assert not at.exception
+    at.text_input[0].input("retention logs unlawful").run()
+    at.button(key="ask").click().run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "extractive (model server unavailable)" in text
+    assert any("planted-injection" in e.label for e in at.expander)
+    at.text_area[0].input(CONTRACT).run()
+    at.button(key="review").click().run()
+    assert any(e.label.startswith("[RISK] clause 1") for e in at.expander)

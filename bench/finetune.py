@@ -14,6 +14,8 @@ Prints one JSON object with both arms and the ratios (recipe / Trainer).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import json
 import multiprocessing as mp
 import os
@@ -72,6 +74,7 @@ def arm_recipe(base: Path, data: Path, epochs: int, workdir: Path, queue) -> Non
     })
     result = run_finetune(config, Settings(home=workdir / "home"), progress=False)
     queue.put({"arm": "recipe", "steps": result.steps, "tokens_per_second": result.tokens_per_second,
+               "trainable_share": result.trainable_share,
                "final_loss": result.loss_history[-1][1], "peak_rss_mib": _peak_rss_mib()})
 
 
@@ -102,7 +105,8 @@ def arm_trainer(base: Path, data: Path, epochs: int, workdir: Path, queue) -> No
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     started = time.perf_counter()
-    output = trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its summary dict; stdout is our JSON
+        output = trainer.train()
     seconds = time.perf_counter() - started
     tokens = epochs * sum(len(e.input_ids) for e in examples)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -120,19 +124,34 @@ def run_arm(target, *args) -> dict:
     return result
 
 
+def _median(results: list[dict]) -> dict:
+    out = dict(results[0])
+    for key in ("tokens_per_second", "peak_rss_mib"):
+        out[key] = statistics.median(r[key] for r in results)
+    out["runs"] = len(results)
+    out["tokens_per_second_all"] = [round(r["tokens_per_second"], 1) for r in results]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=None, help="base checkpoint (default: build an untrained deepseek-tiny)")
     parser.add_argument("--records", type=int, default=256, help="SYNTHETIC training records")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the arms alternately (A B B A ...) this many times each; medians reported")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         workdir = Path(tmp)
         base, data = prepare(workdir, args.base, args.records)
-        trainer = run_arm(arm_trainer, base, data, args.epochs, workdir)
-        recipe = run_arm(arm_recipe, base, data, args.epochs, workdir)
+        runs: dict[str, list[dict]] = {"recipe": [], "trainer": []}
+        arms = {"recipe": arm_recipe, "trainer": arm_trainer}
+        for i in range(args.repeats):  # alternate the order so drifting machine load hits both arms
+            for name in (("trainer", "recipe") if i % 2 == 0 else ("recipe", "trainer")):
+                runs[name].append(run_arm(arms[name], base, data, args.epochs, workdir))
+    recipe, trainer = (_median(runs["recipe"]), _median(runs["trainer"]))
     print(json.dumps({
         "benchmark": "finetune", "data": f"SYNTHETIC domain chat, {args.records} records x {args.epochs} epochs",
         "base": str(args.base or "untrained deepseek-tiny preset"),

@@ -250,7 +250,9 @@ def main() -> int:
     model_dir, untrained = ensure_model(args.model, workdir)
     name = model_dir.name
     result: dict = {"model": str(model_dir), "untrained": untrained, "max_tokens": args.max_tokens,
-                    "cpu_threads": 1, "machine": f"{os.cpu_count()} CPUs"}
+                    "cpu_threads": 1, "machine": f"{os.cpu_count()} CPUs",
+                    # Other work on a shared machine skews every figure; record how busy it was.
+                    "load_average_at_start": os.getloadavg()[0]}
 
     print("[bench] baseline: sequential model.generate", file=sys.stderr)
     result["baseline_sequential_generate"] = baseline_generate(model_dir, args.baseline_requests, args.max_tokens)
@@ -289,6 +291,7 @@ def main() -> int:
         result["int8_vs_fp32"] = int8_comparison(model_dir, args.max_tokens)
 
     c32 = result["server_generation"]["c32"]
+    result["load_average_at_end"] = os.getloadavg()[0]
     result["ratios"] = {
         "generation_c32_vs_sequential_generate": c32["tokens_per_s"] / base_tps,
         "generation_goal": 5.0,

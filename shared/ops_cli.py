@@ -73,7 +73,6 @@ class StackOptions:
     server: bool = True
     services: bool = True
     dashboards: bool = True
-    build_model: bool = True
     host: str = "127.0.0.1"
     server_port: int = 8000
     kafka_port: int = 9092
@@ -100,7 +99,7 @@ def plan_stack(settings: Settings, options: StackOptions, commands: set[tuple[st
         specs.append(ChildSpec(
             "kafka", [_noida_binary(), "start", "--data-dir", str(data_dir), "--only", "kafka",
                       "--kafka-port", str(options.kafka_port)],
-            url=f"kafka://{bootstrap}", ready=lambda: wait_for_kafka(bootstrap, timeout=1.0) is None,
+            url=f"kafka://{bootstrap}", ready=lambda: _kafka_answers(bootstrap, wait_for_kafka),
             ready_timeout=60.0))
 
     server_url = settings.server_url
@@ -116,7 +115,7 @@ def plan_stack(settings: Settings, options: StackOptions, commands: set[tuple[st
 
     env = {"KAFKA_BOOTSTRAP": bootstrap, "DSV_SERVER_URL": server_url, "DSV_HOME": str(settings.home),
            "PYTHONUNBUFFERED": "1", **options.extra_env}
-    for index, app in enumerate(options.apps):
+    for app in options.apps:
         if options.services:
             if (app, "service") in commands:
                 ports = APP_SERVICES[app]
@@ -127,7 +126,10 @@ def plan_stack(settings: Settings, options: StackOptions, commands: set[tuple[st
                 if ports.port_flag:
                     argv += [ports.port_flag, str(ports.port)]
                     url = f"http://{options.host}:{ports.port}{ports.url_path}"
-                specs.append(ChildSpec(f"{app}-service", argv, env=env, cwd=REPO_ROOT, url=url))
+                # Each app is its own tenant on the server: <APP>_API_KEY, as in docker-compose.yml.
+                key = os.environ.get(f"{app.upper()}_API_KEY")
+                app_env = {**env, "DSV_API_KEY": key} if key else env
+                specs.append(ChildSpec(f"{app}-service", argv, env=app_env, cwd=REPO_ROOT, url=url))
             else:
                 say(f"{app}-service: skipped (`dsv {app} service` is not part of this checkout)")
         if options.dashboards:
@@ -143,6 +145,14 @@ def plan_stack(settings: Settings, options: StackOptions, commands: set[tuple[st
             else:
                 say(f"{app}-dashboard: skipped (apps/{app}/dashboard.py is not part of this checkout)")
     return specs
+
+
+def _kafka_answers(bootstrap: str, wait_for_kafka) -> bool:
+    try:
+        wait_for_kafka(bootstrap, timeout=1.0)
+    except TimeoutError:
+        return False
+    return True
 
 
 def ensure_model(settings: Settings, say=print) -> None:
@@ -185,7 +195,8 @@ def cmd_run(args, settings: Settings) -> int:
         width = max(len(s.name) for s in specs)
         print("\nlocal stack is up:")
         for spec in specs:
-            print(f"  {spec.name:<{width}}  {spec.url or 'no network endpoint; log ' + str(supervisor.log_dir / (spec.name + '.log'))}")
+            where = spec.url or f"no network endpoint; log {supervisor.log_dir / (spec.name + '.log')}"
+            print(f"  {spec.name:<{width}}  {where}")
         print(f"status: {supervisor.status_path}\n", flush=True)
 
     code = supervisor.run(on_started=announce)
@@ -195,7 +206,8 @@ def cmd_run(args, settings: Settings) -> int:
 
 # -- dsv release --------------------------------------------------------------------------------
 
-def run_tests_with_coverage(test_paths: list[str], sources: list[str], pytest_args: list[str]) -> tuple[int, float | None]:
+def run_tests_with_coverage(test_paths: list[str], sources: list[str],
+                            pytest_args: list[str]) -> tuple[int, float | None]:
     """Run pytest under coverage in a child process; returns (exit code, total % covered or None)."""
     with tempfile.TemporaryDirectory(prefix="dsv-release-") as tmp:
         report = Path(tmp) / "coverage.json"
@@ -209,7 +221,8 @@ def run_tests_with_coverage(test_paths: list[str], sources: list[str], pytest_ar
         return code, float(json.loads(report.read_text())["totals"]["percent_covered"])
 
 
-def run_evaluation_gate(adapters: list[str] | None, data: str | None, settings: Settings) -> tuple[bool, list[str]]:
+def run_evaluation_gate(adapters: list[str] | None, data: str | None,
+                        settings: Settings) -> tuple[bool, list[str]]:
     """The fine-tuning layer's promotion gate (core/evaluation/gate.py) on each adapter to release.
 
     ``adapters`` None means every registered adapter whose ``challenger`` is not yet the champion.
@@ -278,7 +291,8 @@ def cmd_webhook(args, settings: Settings) -> int:
     from shared.webhook import serve_webhook
 
     # The admin key stays out of argv (visible in `ps`): environment only, like the server's keys.
-    return serve_webhook(host=args.host, port=args.port, server_url=args.server_url or settings.server_url,
+    server_url = getattr(args, "server_url", settings.server_url)
+    return serve_webhook(host=args.host, port=args.port, server_url=server_url,
                          admin_key=os.environ.get("DSV_ADMIN_KEY"))
 
 
@@ -303,16 +317,19 @@ def register(subparsers) -> None:
     run.add_argument("--stop-grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     run.set_defaults(func=cmd_run, _parser=run)
 
-    release = subparsers.add_parser(
-        "release", formatter_class=fmt,
+    release = subparsers.add_parser(  # defaults written into each help text (some mean "all")
+        "release",
         help="release gate: tests with coverage, then the evaluation gate; refuses unless both pass",
         description="Run the test suite under coverage (of core/ and apps/ by default) and the "
                     "evaluation gate of the fine-tuning layer. Exit 0 only when the tests pass, coverage "
                     "reaches --cov-min and the gate approves; otherwise print every reason and exit 1.")
     release.add_argument("tests", nargs="*", help="test paths (default: tests)")
-    release.add_argument("--cov-min", type=float, default=85.0, help="required total coverage, percent")
-    release.add_argument("--cov-source", nargs="+", default=["core", "apps"], help="packages measured")
-    release.add_argument("--pytest-arg", action="append", help="extra pytest argument (repeatable)")
+    release.add_argument("--cov-min", type=float, default=85.0,
+                         help="required total coverage, percent (default: 85)")
+    release.add_argument("--cov-source", nargs="+", default=["core", "apps"],
+                         help="packages or directories measured (default: core apps)")
+    release.add_argument("--pytest-arg", action="append",
+                         help="extra pytest argument (repeatable), e.g. --pytest-arg=-x")
     release.add_argument("--adapter", action="append", default=None,
                          help="adapter to gate, e.g. finance (repeatable; default: every adapter whose "
                               "challenger is not the champion yet)")
@@ -326,7 +343,8 @@ def register(subparsers) -> None:
         description="Receive Alertmanager webhooks; alerts labelled action=degrade switch the model "
                     "server's degrade mode on while firing and off once resolved (POST /admin/degrade "
                     "with the admin key from DSV_ADMIN_KEY).")
-    hook.add_argument("--host", default="127.0.0.1")
-    hook.add_argument("--port", type=int, default=9095)
-    hook.add_argument("--server-url", default=None, help="model server base URL (default: DSV_SERVER_URL)")
+    hook.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    hook.add_argument("--port", type=int, default=9095, help="port Alertmanager posts to (path /alerts)")
+    hook.add_argument("--server-url", default=argparse.SUPPRESS,
+                      help="model server base URL, with or without /v1 (default: DSV_SERVER_URL)")
     hook.set_defaults(func=cmd_webhook, _parser=hook)

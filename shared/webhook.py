@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,6 +153,8 @@ def serve_webhook(host: str, port: int, server_url: str, admin_key: str | None) 
     """Run the receiver until interrupted (the `dsv webhook` command)."""
     controller = DegradeController(DegradeTarget(server_url, admin_key))
     server = make_server(controller, host, port)
+    # `docker stop` / kubelet send SIGTERM: leave like on Ctrl-C, closing the socket.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"alert webhook on http://{host}:{port}/alerts -> {controller.target.degrade_url}", flush=True)
     try:
         server.serve_forever()

@@ -251,6 +251,70 @@ def make_producer(client: str, bootstrap: str, linger_ms: int = 5) -> Producer:
 
 # -- the broker -------------------------------------------------------------------------------------
 
+class GroupedBroker:
+    """``shared.broker.EmbeddedBroker`` whose stop/kill reach the whole process group.
+
+    ``noida-db start`` forks a child that keeps serving after its parent is terminated, so stopping only
+    the parent leaks a live broker (and a "restart" on the same port silently talks to the old one).
+    Starting it in its own session and signalling the group stops both.
+    """
+
+    def __init__(self, data_dir, port: int | None = None):
+        from shared.broker import EmbeddedBroker
+
+        self._inner = EmbeddedBroker(data_dir, port=port)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def start(self, timeout: float = 30.0) -> "GroupedBroker":
+        import subprocess
+
+        from shared.broker import _noida_binary, wait_for_kafka
+
+        b = self._inner
+        b.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(b.log_file, "ab") as logf:
+            b.process = subprocess.Popen(
+                [_noida_binary(), "start", "--data-dir", str(b.data_dir), "--only", "kafka",
+                 "--kafka-port", str(b.port)],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for_kafka(b.bootstrap, timeout)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def _signal(self, sig) -> None:
+        import os
+
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._inner.process.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the group (wrapper script and server), wait for the port to close, then SIGKILL
+        whatever is left."""
+        import signal
+
+        proc = self._inner.process
+        if proc is None:
+            return
+        self._signal(signal.SIGTERM)
+        wait_until(lambda: not _port_open(self._inner.bootstrap), timeout, 0.05)
+        self._signal(signal.SIGKILL)
+        proc.wait()
+        self._inner.process = None
+
+    def kill(self) -> None:
+        import signal
+
+        if self._inner.process:
+            self._signal(signal.SIGKILL)
+            self._inner.process.wait()
+            self._inner.process = None
+
+
 def _port_open(bootstrap: str) -> bool:
     host, port = bootstrap.rsplit(":", 1)
     with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
@@ -262,7 +326,7 @@ def _port_open(bootstrap: str) -> bool:
 def kafka_bootstrap(settings, partitions: int = 4) -> Iterator[str]:
     """KAFKA_BOOTSTRAP when set; otherwise the embedded broker under DSV_HOME/kafka, shared by every
     `dsv finance` process of that home (the first one starts it and stops it when it exits)."""
-    from shared.broker import EmbeddedBroker, ensure_topics, wait_for_kafka
+    from shared.broker import ensure_topics, wait_for_kafka
 
     if settings.kafka_bootstrap:
         wait_for_kafka(settings.kafka_bootstrap, timeout=30)
@@ -277,7 +341,7 @@ def kafka_bootstrap(settings, partitions: int = 4) -> Iterator[str]:
         log.info("using the embedded broker already running at %s", bootstrap)
         yield bootstrap
         return
-    broker = EmbeddedBroker(data_dir)
+    broker = GroupedBroker(data_dir)
     broker.start()
     address_file.write_text(broker.bootstrap)
     try:

@@ -128,8 +128,9 @@ def extractive_answer(question: str, hits: list, reason: str, max_passages: int 
         sentences = [s.strip() for s in split_sentences(text) if s.strip() and NEUTRALISED not in s]
         if not sentences:
             continue
-        best = max(sentences, key=lambda s: len(q & set(tokenize(s))))
-        parts.append(f"{best} [{n}]")
+        overlap, best = max(((len(q & set(tokenize(s))), s) for s in sentences), key=lambda x: x[0])
+        if overlap or not parts:  # a passage sharing no term with the question adds nothing
+            parts.append(f"{best} [{n}]")
     label = f"Extractive answer ({reason}; quoted from the retrieved judgments, not generated):"
     body = "\n".join(parts) if parts else "No passage the tenant may read matches the question."
     result = verify_citations(body, hits)

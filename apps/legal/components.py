@@ -79,12 +79,18 @@ class DenseRetriever:
         self.embedder = None
 
     def warm_up(self) -> None:
+        from dataclasses import replace
+
         from apps.legal.index import DenseIndex
         from apps.legal.ingest import load_embedder
+        from apps.legal.store import Store
 
         self.index = DenseIndex(self.cfg.faiss_path)
         self.index.nprobe = self.cfg.nprobe
-        self.embedder = load_embedder(self.cfg)
+        store = Store(self.cfg.sqlite_path)
+        built_with = store.get_meta("embedder", self.cfg.embedder)  # queries must use the corpus' embedder
+        store.close()
+        self.embedder = load_embedder(replace(self.cfg, embedder=built_with))
 
     def run(self, query: str, allowed: np.ndarray | None = None, top_k: int | None = None) -> dict:
         vec = self.embedder.embed([query])
@@ -149,7 +155,7 @@ class MiniLMReranker:
     def warm_up(self) -> None:
         from apps.legal.embedders import MiniLMEmbedder
 
-        self.embedder = MiniLMEmbedder(max_seq_length=128)
+        self.embedder = MiniLMEmbedder(max_chars=400)  # ~128 word pieces: the head of each passage
         self.embedder.model  # load weights now, not on the first query
 
     def run(self, query: str, hits: list[Hit], top_k: int | None = None) -> dict:

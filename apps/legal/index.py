@@ -40,7 +40,7 @@ class IndexPlan:
         if not m:
             raise ValueError(f"unsupported index factory {factory!r} (use Flat or IVF<n>,SQ8/PQ..)")
         nlist = int(m.group(1))
-        return cls(factory, nlist, max(50 * nlist, 2_000))
+        return cls(factory, nlist, 50 * nlist)
 
     @classmethod
     def for_size(cls, expected: int) -> "IndexPlan":

@@ -164,7 +164,7 @@ class Ingestor:
         report = IngestReport(source=str(path))
         validation = ValidationReport(str(path))
         start_line = self.store.source_line(source) + 1
-        first_batch = self._first_batch(path, start_line, validation)
+        first_batch, rows = self._rows(path, start_line, validation)
         self._expected = self._estimate_passages(path, first_batch)
         if self.embedder is None:
             sample = [p for _, _, ps in first_batch for p in ps][: self.cfg.distill_sample]
@@ -200,7 +200,6 @@ class Ingestor:
                 self._flush(final=False)
                 since_flush = 0 if not self.pending_tokens else since_flush
 
-        rows = self._rows(path, start_line, validation, first_batch)
         t = time.perf_counter()
         for line_no, doc, passages in rows:
             batch.append((line_no, doc, passages))
@@ -222,19 +221,16 @@ class Ingestor:
         report.timings = {k: round(v, 2) for k, v in self.timings.items()}
         return report
 
-    def _rows(self, path, start_line, validation, first_batch):
-        yield from first_batch
-        last = first_batch[-1][0] if first_batch else start_line - 1
-        for line_no, doc in iter_corpus(path, validation, start_line=last + 1):
-            yield line_no, doc, chunk_text(doc.text, self.cfg.chunk_chars)
+    def _rows(self, path, start_line, validation):
+        """(first batch, iterator over ALL rows): the first batch is read ahead to size the index and
+        distil the embedder; the iterator replays it and then continues with the same reader (each
+        line is parsed - and each malformed one reported - once)."""
+        import itertools
 
-    def _first_batch(self, path, start_line, validation) -> list[tuple]:
-        out = []
-        for line_no, doc in iter_corpus(path, validation, start_line=start_line):
-            out.append((line_no, doc, chunk_text(doc.text, self.cfg.chunk_chars)))
-            if len(out) >= max(self.cfg.batch_docs, 2_000):
-                break
-        return out
+        reader = ((line_no, doc, chunk_text(doc.text, self.cfg.chunk_chars))
+                  for line_no, doc in iter_corpus(path, validation, start_line=start_line))
+        first = list(itertools.islice(reader, max(self.cfg.batch_docs, 2_000)))
+        return first, itertools.chain(first, reader)
 
     def _estimate_passages(self, path: Path, first_batch) -> int:
         """Expected passages in the whole knowledge base, from the file size and the first records."""

@@ -12,10 +12,23 @@ import logging
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from apps.legal.config import LegalConfig, default_config
 from shared.io import write_text_atomic
 
 log = logging.getLogger(__name__)
+
+
+class AskRequest(BaseModel):   # module level: FastAPI resolves these annotations by name
+    question: str
+    k: int = 5
+    tenant: str | None = None
+
+
+class ReviewRequest(BaseModel):
+    text: str
+    tenant: str | None = None
 
 
 def prepare_demo_kb(cfg: LegalConfig, n_docs: int, seed: int = 0) -> dict | None:
@@ -39,7 +52,6 @@ def prepare_demo_kb(cfg: LegalConfig, n_docs: int, seed: int = 0) -> dict | None
 
 def create_app(cfg: LegalConfig, settings, rerank: bool = False):
     from fastapi import FastAPI, HTTPException
-    from pydantic import BaseModel
 
     from apps.legal.llm import LegalAnswerer
     from apps.legal.pipeline import RetrievalMode, Retriever
@@ -59,15 +71,6 @@ def create_app(cfg: LegalConfig, settings, rerank: bool = False):
         return client_state["client"]
 
     app = FastAPI(title="dsv legal", description="Hybrid search, cited answers and contract review over judgments.")
-
-    class AskRequest(BaseModel):
-        question: str
-        k: int = 5
-        tenant: str | None = None
-
-    class ReviewRequest(BaseModel):
-        text: str
-        tenant: str | None = None
 
     @app.get("/health")
     def health():

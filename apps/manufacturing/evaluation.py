@@ -70,9 +70,14 @@ def sweep(scores: np.ndarray, valid: np.ndarray, end_ts, onset, failure, window_
     healthy_scores = scores[valid & ((onset[:, None] < 0) | (end_ts[None, :] < onset[:, None]))]
     qs = np.concatenate([np.linspace(0.5, 0.99, 20), 1 - np.logspace(-2, -6, n_thresholds - 20)])
     candidates = np.unique(np.quantile(healthy_scores, qs))
+    n, k = scores.shape
+    # All thresholds in one hysteresis pass: stack them along the device axis.
+    low = (scores[None] > candidates[:, None, None]) & valid[None]
+    stacked_valid = np.broadcast_to(valid, low.shape).reshape(-1, k)
+    all_alerts, _ = apply_hysteresis(low.reshape(-1, k), enter, leave, valid=stacked_valid)
+    all_alerts = all_alerts.reshape(len(candidates), n, k)
     best = None
-    for thr in candidates:
-        alerts, _ = apply_hysteresis((scores > thr) & valid, enter, leave, valid=valid)
+    for thr, alerts in zip(candidates, all_alerts):
         m = event_metrics(alerts, valid, end_ts, onset, failure, window_seconds, thr)
         key = (m.recall >= target_recall - 1e-9, -m.false_alarms if m.recall >= target_recall - 1e-9 else m.recall)
         if best is None or key > best[0]:

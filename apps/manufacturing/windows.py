@@ -156,7 +156,7 @@ def _ffill_time(windows: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ augmentations (positive views)
-def augment(x, generator=None):
+def augment(x, generator=None, offset_scale: float = 0.5):
     """Jitter, per-sensor scaling, time masking and random crop (resized back) on a batch (B, W, S)
     of normalised windows: views that must map close to the original (torch tensors)."""
     import torch
@@ -165,6 +165,9 @@ def augment(x, generator=None):
     b, w, s = x.shape
     g = generator
     x = x * (1 + 0.1 * torch.randn(b, 1, s, generator=g)) + 0.1 * torch.randn(b, w, s, generator=g)
+    # A small constant offset per sensor: machines of one type differ a little (mounting, calibration),
+    # and that spread is normal; faults (the negatives) move a sensor by 2 sigma or more.
+    x = x + offset_scale * torch.randn(b, 1, s, generator=g)
     if w < 4:  # a single reading (e.g. the Shuttle rows): nothing to mask or crop in time
         return x
     # time masking: blank a span of 10-20 % (as a dropped packet would)
@@ -198,7 +201,7 @@ def synthesize_faults(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sensor = rng.integers(0, s, size=b)
     second = rng.random(b) < 0.3                           # some faults show on two sensors
     sensor2 = rng.integers(0, s, size=b)
-    mag = rng.uniform(1.5, 8.0, size=b) * rng.choice([-1.0, 1.0], size=b)
+    mag = rng.uniform(2.0, 8.0, size=b) * rng.choice([-1.0, 1.0], size=b)
     ramp = np.linspace(0.0, 1.0, w, dtype=np.float32)
     rows = np.arange(b)
     for targets in (sensor, np.where(second, sensor2, -1)):

@@ -70,7 +70,7 @@ class NodulePipeline:
                 problems.append(result)
             else:
                 processed.append(result)
-        summary = {"input": "(folder given on the command line)", "processed": processed,
+        summary = {"processed": processed,
                    "refused": [{**p.as_dict(), "reason": redact(p.reason), "file": redact(p.file)} for p in problems]}
         write_text_atomic(Path(self.cfg.out_dir) / "summary.json", json.dumps(summary, indent=1))
         log.info("%d series processed, %d refused", len(processed), len(problems))

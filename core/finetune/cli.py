@@ -63,10 +63,12 @@ def _finetune(args, settings) -> int:
     if args.check:
         print(f"{args.config}: OK")
         return 0
-    from core.finetune.recipe import init_distributed, run_finetune
+    import os
+
+    from core.finetune.recipe import run_finetune
 
     result = run_finetune(config, settings, progress=not args.no_progress)
-    if init_distributed().is_main:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         if args.json:
             print(json.dumps(result.to_json(), ensure_ascii=False))
         else:

@@ -189,6 +189,9 @@ class _NoRun:
     def log_params(self, params: dict) -> None:
         pass
 
+    def set_tags(self, tags: dict) -> None:
+        pass
+
     def log_artifact(self, path) -> None:
         pass
 
@@ -253,6 +256,18 @@ def evaluate_loss(model, dataset: ChatDataset, batch_size: int, pad_id: int, dis
 
 
 def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, progress: bool = True) -> FinetuneResult:
+    """Train, save, evaluate and register one adapter (see the module docstring)."""
+    dist = init_distributed()
+    try:
+        return _run(config, settings or load_settings(), dist, progress)
+    finally:
+        if dist.enabled:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _run(config: FinetuneConfig, settings: Settings, dist: Dist, progress: bool) -> FinetuneResult:
     import torch
     from peft import get_peft_model
     from torch.utils.data import DataLoader, DistributedSampler
@@ -260,8 +275,6 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
 
     from core.model.loading import load_model
 
-    settings = settings or load_settings()
-    dist = init_distributed()
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     base_dir, output_dir, checkpoint_dir = resolve_paths(config, settings)
@@ -324,6 +337,8 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
             from core.registry import Registry
             registry = Registry.from_settings(settings)
             run = stack.enter_context(registry.start_run(EXPERIMENT, config.adapter_name, flat_params(config)))
+            if resumed_from is not None:  # the killed run's MLflow run stays as it was left
+                run.set_tags({"resumed_from_step": resumed_from, "resumed_from_checkpoint": str(ckpt_path)})
             run.log_metrics({"trainable_params": trainable, "total_params": total,
                              "trainable_share": trainable / total}, step=0)
             for report in reports:

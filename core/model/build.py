@@ -7,6 +7,7 @@ nor a registry entry pointing at nothing. The MLflow run of a failed build stays
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from core.model.corpus import Corpus, CorpusSpec, generate_corpus
 from core.model.pretrain import PretrainConfig, PretrainResult, pack_token_stream, pretrain
-from shared.io import atomic_path
+from shared.io import InputError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,30 @@ def build_model(settings, *, preset: str | BuildPreset = "default", seed: int = 
                 out: Path | None = None, progress: bool = True, registry=None,
                 report: Callable[[str], None] = log.info) -> BuildResult:
     """Build, save (atomically), track and register a pre-trained deepseek-tiny; returns what happened."""
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise InputError(f"unknown build preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    with _transformers_progress_bars(progress):
+        return _build(settings, spec, seed, steps, out, progress, registry, report)
+
+
+@contextlib.contextmanager
+def _transformers_progress_bars(enabled: bool):
+    """Silence transformers' own "Loading weights" / "Writing shards" bars when ours is off (logs, tests)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path | None, progress: bool,
+           registry, report: Callable[[str], None]) -> BuildResult:
     import torch
 
     from core.model.loading import load_model
@@ -128,7 +153,6 @@ def build_model(settings, *, preset: str | BuildPreset = "default", seed: int = 
     from core.model.tokenizer import train_bpe_tokenizer
     from core.registry import Registry
 
-    spec = PRESETS[preset] if isinstance(preset, str) else preset
     train_config = replace(spec.pretrain, seed=seed, steps=steps or spec.pretrain.steps)
     corpus_spec = replace(spec.corpus, seed=seed)
     out = Path(out or settings.default_model_dir)
@@ -140,7 +164,6 @@ def build_model(settings, *, preset: str | BuildPreset = "default", seed: int = 
     report(f"training a {spec.vocab_size}-token byte-level BPE tokenizer on {corpus.stats['characters']:,} characters")
     tokenizer = train_bpe_tokenizer(corpus.tokenizer_texts(), vocab_size=spec.vocab_size)
     blocks = pack_token_stream(tokenize_corpus(corpus, tokenizer), train_config.seq_len)
-    torch.set_num_threads(train_config.threads)
     model = build_untrained(tokenizer, seed=seed, **spec.model_overrides)
     n_params = sum(p.numel() for p in model.parameters())
     report(f"pre-training {n_params / 1e6:.1f}M parameters for {train_config.steps} steps on "
@@ -199,18 +222,18 @@ def build_default_model(settings, seed: int = 0, steps: int | None = None, progr
     return build_model(settings, preset=preset, seed=seed, steps=steps, out=out, progress=progress).path
 
 
-def ensure_default_model(settings, report: Callable[[str], None] = print, progress: bool = True) -> Path:
+def ensure_default_model(settings, report: Callable[[str], None] = print, progress: bool = True,
+                         preset: str = "default") -> Path:
     """Return the default model directory, building it first only if it is missing or unloadable."""
     from core.model.loading import check_checkpoint_dir
     from core.registry import Registry
-    from shared.io import InputError
 
     path = settings.default_model_dir
     try:
         check_checkpoint_dir(path)
     except InputError as exc:
         report(f"deepseek-tiny not ready ({exc}); building it (about 10 minutes on 2 CPU cores)")
-        return build_model(settings, progress=progress, report=report).path
+        return build_model(settings, preset=preset, progress=progress, report=report).path
     registry = Registry.from_settings(settings)
     champion = registry.get_alias(MODEL_NAME, "champion")
     if champion is None or champion.path != path.resolve():

@@ -128,6 +128,10 @@ def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, progress: b
     """Train ``model`` in place on ``blocks`` ([n, seq_len] token ids) for ``config.steps`` steps."""
     from tqdm.auto import tqdm
 
+    # Process-wide torch settings are restored afterwards: a test session or a service that builds a
+    # model goes on with its own thread count and algorithm choices.
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
     seed_everything(config.seed, config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     decay, no_decay = [], []
@@ -177,6 +181,8 @@ def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, progress: b
     finally:
         bar.close()
         balancer.close()
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
     model.eval()
     result.seconds = time.perf_counter() - start
     result.final_loss = result.losses[-1][1] if result.losses else float("nan")

@@ -104,5 +104,6 @@ def serve(args, settings) -> int:
 
     app = build_server(args, settings)
     # SIGTERM / Ctrl-C: uvicorn stops accepting, lets responses finish, then the lifespan stops the engine.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
     return 0

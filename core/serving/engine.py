@@ -433,66 +433,76 @@ class Engine:
         self._keep_rows(keep)
 
     def _score_batch(self) -> None:
-        """One forward over (prompt + label) rows of every pending score request, up to max_score_rows."""
+        """Label log-probabilities for pending score requests, with the prompt computed once.
+
+        Pass 1 runs every prompt once (left-padded, with a cache): its last position gives each
+        label's first token. Pass 2 (only for multi-token labels) feeds the rest of each label as a
+        right-padded row over a copy of its prompt's cache. Compared with one (prompt + label) row
+        per label, the prompt is not recomputed per label and no vocabulary projection is made for
+        prompt positions.
+        """
+        from transformers import DynamicCache
+
         torch = self.torch
         batch: list[ScoreRequest] = []
-        rows = 0
-        while rows < self.config.max_score_rows and len(batch) < self.config.max_batch:
+        label_rows = 0
+        while label_rows < self.config.max_score_rows and len(batch) < self.config.max_batch:
             try:
                 request = self._scores.get_nowait()
             except queue.Empty:
                 break
             batch.append(request)
-            rows += len(request.label_ids)
-        slots: list[AdapterSlot | None] = []
-        sequences, adapters, owners = [], [], []
+            label_rows += len(request.label_ids)
+        live: list[tuple[ScoreRequest, AdapterSlot | None]] = []
         for request in batch:
             try:
-                slot = self.adapters.acquire(request.adapter) if request.adapter else None
+                live.append((request, self.adapters.acquire(request.adapter) if request.adapter else None))
             except Exception as exc:
                 request.future.set_exception(exc)
-                continue
-            slots.append(slot)
-            for label in request.label_ids:
-                sequences.append(request.prompt_ids + label)
-                adapters.append(slot.slot if slot else BASE)
-                owners.append(request)
         try:
-            if not sequences:
+            if not live:
                 return
-            input_ids, mask = _left_pad(torch, sequences, self.pad_id)
+            names = [slot.slot if slot else BASE for _, slot in live]
+            input_ids, mask = _left_pad(torch, [request.prompt_ids for request, _ in live], self.pad_id)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            # Only the last K positions predict label tokens (rows are [pad..., prompt, label]):
-            # skipping the vocabulary projection elsewhere is most of the cost of a scoring pass.
-            keep = max(len(label) for request in batch for label in request.label_ids) + 1
-            logits = self._forward(input_ids, mask, positions, adapters, logits_to_keep=keep).logits
-            BATCH_SIZE.labels(phase="score").observe(len(sequences))
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            width = logits.shape[1]
-            targets_all = input_ids[:, -width:]
-            results: dict[int, list[float]] = {}
-            row = 0
-            for request in batch:
-                if request.future.done():
-                    continue
-                values = []
-                for label in request.label_ids:
-                    n = len(label)
-                    # Row layout: [pad..., prompt, label]; logits at t predict token t+1.
-                    targets = targets_all[row, width - n:]
-                    predicted = logprobs[row, width - n - 1: width - 1, :]
-                    values.append(float(predicted.gather(-1, targets[:, None]).sum()))
-                    row += 1
-                results[id(request)] = values
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_result(results[id(request)])
+            cache = DynamicCache(config=self.model_config)
+            first = self._forward(input_ids, mask, positions, names, cache=cache).logits[:, -1, :]
+            first = torch.log_softmax(first.float(), dim=-1)
+            BATCH_SIZE.labels(phase="score").observe(len(live))
+            values = [[float(first[i, label[0]]) for label in request.label_ids]
+                      for i, (request, _) in enumerate(live)]
+
+            rows = [(i, j) for i, (request, _) in enumerate(live)
+                    for j, label in enumerate(request.label_ids) if len(label) > 1]
+            if rows:
+                owner = torch.tensor([i for i, _ in rows])
+                for layer in cache.layers:
+                    layer.keys = layer.keys.index_select(0, owner)
+                    layer.values = layer.values.index_select(0, owner)
+                labels = [live[i][0].label_ids[j] for i, j in rows]
+                width = max(len(label) for label in labels) - 1
+                feed = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+                feed_mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for k, label in enumerate(labels):
+                    feed[k, :len(label) - 1] = torch.tensor(label[:-1])
+                    feed_mask[k, :len(label) - 1] = 1  # right padding: real positions never see it
+                prompt_mask = mask.index_select(0, owner)
+                feed_positions = prompt_mask.sum(1, keepdim=True) + torch.arange(width)[None, :]
+                logits = self._forward(feed, torch.cat([prompt_mask, feed_mask], dim=1), feed_positions,
+                                       [names[i] for i, _ in rows], cache=cache, logits_to_keep=0).logits
+                BATCH_SIZE.labels(phase="score").observe(len(rows))
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for k, ((i, j), label) in enumerate(zip(rows, labels)):
+                    targets = torch.tensor(label[1:])[:, None]
+                    values[i][j] += float(logprobs[k, :len(label) - 1].gather(-1, targets).sum())
+            for (request, _), result in zip(live, values):
+                request.future.set_result(result)
         except Exception as exc:
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(exc)
         finally:
-            for slot in slots:
+            for _, slot in live:
                 if slot is not None:
                     self.adapters.release(slot)
 

@@ -234,6 +234,8 @@ class OpenAIServing:
             prompt_ids = self._chat_ids([{"role": m.role, "content": m.text()} for m in request.messages])
         else:
             prompt_ids = self.tokenizer(request.prompt).input_ids
+        if not prompt_ids:
+            raise ServingError(422, "The prompt is empty.", param="prompt", code="invalid_value")
         label_ids = [self.tokenizer(label, add_special_tokens=False).input_ids for label in request.labels]
         longest = len(prompt_ids) + max(len(ids) for ids in label_ids)
         if longest > self.engine.context_length:

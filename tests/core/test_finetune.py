@@ -187,28 +187,46 @@ def test_unknown_target_module_lists_the_real_linear_names(tiny_model_dir, demo_
 
 
 def test_curriculum_trains_loss_falls_and_saves_a_peft_adapter(tiny_model_dir, demo_set, tmp_path):
+    import torch
     from peft import PeftModel
 
     from core.finetune.recipe import run_finetune
     from core.model.loading import load_model
+    from core.registry import Registry
+    from shared.settings import load_settings
 
-    raw = _config(tiny_model_dir, {"val": str(demo_set["val"])},
+    settings = load_settings()  # the session's DSV_HOME (MLflow store shared with the other tests)
+    mix = {"sources": {"general": str(demo_set["val"]), "domain": str(demo_set["train"])},
+           "ratio": {"general": 3, "domain": 5}, "total": 64}
+    raw = _config(tiny_model_dir, {"val": str(demo_set["val"])}, adapter_name="curriculum-test", registry=True,
+                  merge=True,
                   peft={"_component_": "lora", "target_modules": ["q_b_proj", "kv_b_proj", "o_proj", "lm_head"]},
-                  curriculum=[{"name": "synthetic", "data": str(demo_set["train"]), "epochs": 2},
+                  curriculum=[{"name": "synthetic", "data": mix, "epochs": 2},
                               {"name": "real", "data": str(demo_set["val"]), "epochs": 3}],
                   evaluation={"generate": False})
-    result = run_finetune(parse_config(raw), Settings(home=tmp_path), progress=False)
+    result = run_finetune(parse_config(raw), settings, progress=False)
 
     assert [s.name for s in result.stages] == ["synthetic", "real"]
+    assert result.stages[0].mix_counts == {"general": 24, "domain": 40}  # 3:5 of 64
     assert [s.steps for s in result.stages] == [16, 6]  # 64/4/2 * 2 epochs; 12/4 -> 3 micro -> 2 steps * 3
     losses = [loss for _, loss in result.loss_history]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     assert result.stages[0].eval_loss < result.initial_eval_loss  # loss falls on held-out data
     assert 0 < result.trainable_share < 0.5
 
+    tracked = Registry.from_settings(settings).run_metrics(result.run_id)
+    assert tracked["trainable_share"] == pytest.approx(result.trainable_share)
+    assert tracked["synthetic_mix_count_general"] == 24
+    assert tracked["real_eval_loss"] == pytest.approx(result.stages[1].eval_loss)
+
     adapter = Path(result.adapter_dir)
-    assert adapter == tmp_path / "adapters" / "t"
+    assert adapter == settings.adapters_dir / "curriculum-test"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
     reloaded = PeftModel.from_pretrained(load_model(tiny_model_dir).model, str(adapter))
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16
     assert sum(p.numel() for n, p in reloaded.named_parameters() if "lora_" in n) == result.trainable_params
+
+    merged = load_model(result.merged_dir).model  # --merge: a full checkpoint equal to base + adapter
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, reloaded.eval()(ids).logits, rtol=1e-4, atol=1e-4)

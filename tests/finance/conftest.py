@@ -38,10 +38,10 @@ def unique(prefix: str) -> str:
 def broker(tmp_path):
     """A real Kafka-protocol broker process per test (starts in well under a second), topics created
     with 4 partitions, so tests never see each other's messages or consumer groups."""
-    from apps.finance.stream import ALL_TOPICS
-    from shared.broker import EmbeddedBroker, ensure_topics
+    from apps.finance.stream import ALL_TOPICS, GroupedBroker
+    from shared.broker import ensure_topics
 
-    b = EmbeddedBroker(tmp_path / "kafka").start()
+    b = GroupedBroker(tmp_path / "kafka").start()
     ensure_topics(b.bootstrap, {t: 4 for t in ALL_TOPICS})
     yield b
     b.stop()

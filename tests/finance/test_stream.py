@@ -10,7 +10,7 @@ import pytest
 
 from apps.finance.pipeline import dumps
 from apps.finance.service import ScorerConfig, run_scorer
-from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, wait_until
+from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, _port_open, wait_until
 from tests.finance.conftest import (produce, produce_records, read_topic, read_until_keys, scorer_process,
                                    synthetic_records, unique)
 
@@ -103,7 +103,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(broker, fin_model, capsys)
 
 
 def test_broker_restart_mid_stream(broker, fin_model):
-    from shared.broker import EmbeddedBroker
+    from apps.finance.stream import GroupedBroker
 
     records = synthetic_records(4000, seed=14)
     produce_records(broker.bootstrap, TOPIC_TX, records[:2000])
@@ -113,9 +113,10 @@ def test_broker_restart_mid_stream(broker, fin_model):
         assert wait_until(lambda: len(read_topic(broker.bootstrap, TOPIC_SCORES, until=500, timeout_s=2)) >= 500, 60)
         port, data_dir = broker.port, broker.data_dir
         broker.stop()
+        assert not _port_open(broker.bootstrap), "the broker must really be down"
         time.sleep(2)
-        restarted = EmbeddedBroker(data_dir, port=port).start()
-        broker.process = restarted.process  # the fixture stops whatever runs now
+        restarted = GroupedBroker(data_dir, port=port).start()
+        broker._inner.process = restarted.process  # the fixture stops whatever runs now
         produce_records(broker.bootstrap, TOPIC_TX, records[2000:])
         scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records}, timeout_s=60)
     finally:

@@ -78,6 +78,6 @@ def test_cli_ingest_reports_bad_lines_and_missing_file(tmp_path, static_embedder
     assert f"{path}:4:" in proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["added_docs"] == 3 and summary["malformed"] == 1
-    missing = subprocess.run(cmd[:4] + [str(tmp_path / "nope.jsonl"), "--kb", str(kb)], capture_output=True,
+    missing = subprocess.run(cmd[:5] + [str(tmp_path / "nope.jsonl"), "--kb", str(kb)], capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 2 and "file not found" in missing.stderr

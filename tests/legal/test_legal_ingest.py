@@ -31,14 +31,14 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     from apps.legal.index import BM25Segments, DenseIndex
     from apps.legal.ingest import ingest
 
-    n = 3000
+    n = 1500
     corpus = tmp_path / "corpus.jsonl"
     write_corpus(GeneratorConfig(n=n, seed=11), corpus, progress=False)
     kb = tmp_path / "kb"
     kb.mkdir()
     shutil.copytree(static_embedder_dir[0], kb / "static")
     cmd = [sys.executable, "-m", "core.cli", "legal", "ingest", str(corpus), "--kb", str(kb), "--quiet",
-           "--batch-docs", "100", "--checkpoint-passages", "700", "--index-factory", "IVF16,SQ8"]
+           "--batch-docs", "50", "--checkpoint-passages", "300", "--index-factory", "IVF16,SQ8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     db = kb / "kb.sqlite"
     killed_at = None
@@ -49,7 +49,7 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
                 docs = _counts(db)[0]
             except sqlite3.OperationalError:
                 docs = 0
-            if docs >= 800:  # past at least one FAISS/BM25 checkpoint, far from the end
+            if docs >= 700:  # past the IVF training (800 passages) and a checkpoint, far from the end
                 proc.send_signal(signal.SIGKILL)
                 killed_at = docs
                 break
@@ -59,7 +59,7 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     assert proc.returncode == -signal.SIGKILL
 
     # Re-run in-process to completion, then again (a no-op): every judgment exactly once.
-    cfg = LegalConfig(kb_dir=kb, batch_docs=100, checkpoint_passages=700, index_factory="IVF16,SQ8")
+    cfg = LegalConfig(kb_dir=kb, batch_docs=50, checkpoint_passages=300, index_factory="IVF16,SQ8")
     report = ingest(cfg, corpus, progress=False)
     assert report.added_docs == n - report.total_docs + report.added_docs  # consistent bookkeeping
     again = ingest(cfg, corpus, progress=False)

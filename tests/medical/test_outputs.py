@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -165,3 +166,25 @@ def test_segment_command_writes_no_identifier_anywhere(tmp_path, tiny_medical_mo
     if record["segmentation"]:  # the SEG carries the pseudonym, not the patient
         seg = pydicom.dcmread(series_dir / "segmentation.dcm")
         assert str(seg.PatientName).rstrip("^") == record["patient"] and "InstitutionName" not in seg
+
+
+def test_finetune_records_and_config(tmp_path):
+    """Every training target passes the same check the app applies; the adapter config loads."""
+    from apps.medical.llm import write_finetune_data
+
+    path = tmp_path / "train.jsonl"
+    assert write_finetune_data(path, 40, seed=3) == 40
+    for line in path.read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+        user = messages[1]["content"]
+        findings = json.loads(user.split("Findings JSON: ", 1)[1].split("\n", 1)[0])
+        for f in findings:
+            f.setdefault("center_mm", [])
+        history = user.split("Clinical history: ", 1)[1].split("\n", 1)[0]
+        history = None if history == "not given" else history
+        assert verify_report(messages[2]["content"], findings, history).ok
+    core_config = pytest.importorskip("core.finetune.config")
+    cfg = core_config.load_config(Path(__file__).resolve().parents[2] / "apps" / "medical" / "finetune.yaml",
+                                  home=tmp_path)
+    assert cfg.adapter_name == "medical"

@@ -115,3 +115,20 @@ def test_grafana_provisioning_points_at_the_dashboard(repo):
     assert len(ids) == len(set(ids))
     provider = yaml.safe_load((repo / "deploy/grafana/provisioning/dashboards/dsv.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_alertmanager_config_and_routing_with_amtool(repo):
+    amtool = require_tool("amtool", "prometheus-alertmanager")
+    config = f"--config.file={repo / 'deploy/alertmanager/alertmanager.yml'}"
+    check = subprocess.run([amtool, "check-config", config.split("=", 1)[1]], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def receivers(*labels: str) -> str:
+        result = subprocess.run([amtool, "config", "routes", "test", config, *labels], capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    # The GPU rule's labels reach the webhook (degrade) and the pager; other alerts only the pager.
+    assert receivers("alertname=GPUTemperatureHigh", "action=degrade", "severity=critical") == "dsv-degrade,default"
+    assert receivers("alertname=FraudConsumerLagHigh", "severity=warning") == "default"

@@ -96,3 +96,33 @@ def test_unknown_app_is_a_clear_error(repo, capsys):
 
     assert main(["run", "--only", "finance,crypto"]) == 2
     assert "unknown app(s) crypto" in capsys.readouterr().err
+
+
+def test_plan_wires_every_app_to_one_broker_and_server(tmp_path, monkeypatch):
+    """The plan `dsv run` executes: argv, ports and environment of each child (nothing started)."""
+    from shared.ops_cli import StackOptions, available_commands, plan_stack
+    from shared.settings import Settings
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("DSV_HOME", str(tmp_path))
+    monkeypatch.setenv("LEGAL_API_KEY", "sk-legal-test")
+    commands = available_commands()
+    said = []
+    specs = {s.name: s for s in plan_stack(Settings(), StackOptions(kafka_port=19092, server_port=18000),
+                                           commands, say=said.append)}
+    assert list(specs)[:2] == ["kafka", "model-server"]          # the broker gates everything else
+    assert specs["kafka"].ready is not None
+    assert specs["model-server"].argv[-4:] == ["--host", "127.0.0.1", "--port", "18000"]
+    legal = specs["legal-service"]
+    assert legal.argv[-6:] == ["legal", "service", "--host", "127.0.0.1", "--port", "8704"]
+    assert legal.env["KAFKA_BOOTSTRAP"] == "127.0.0.1:19092"
+    assert legal.env["DSV_SERVER_URL"] == "http://127.0.0.1:18000/v1"
+    assert legal.env["DSV_API_KEY"] == "sk-legal-test"
+    assert specs["finance-service"].argv[-2:] == ["--metrics-port", "9108"]
+    dashboards = [s for s in specs.values() if s.name.endswith("-dashboard")]
+    assert len({s.url for s in dashboards}) == len(dashboards)  # one port each
+
+    # A command missing from the checkout is skipped with a message, not an error.
+    plan_stack(Settings(), StackOptions(apps=("medical",), dashboards=False), commands - {("medical", "service")},
+               say=said.append)
+    assert "medical-service: skipped (`dsv medical service` is not part of this checkout)" in said

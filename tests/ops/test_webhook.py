@@ -1,7 +1,12 @@
 """The alert webhook receiver: Alertmanager payloads in, the real model server's degrade mode out."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -101,6 +106,28 @@ def test_wrong_admin_key_or_unreachable_server_is_502_so_alertmanager_retries(mo
             server.shutdown()
             server.server_close()
     assert degrade_state(model_server)["enabled"] is False
+
+
+def test_dsv_webhook_command_serves_and_stops_on_sigterm(repo):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DSV_ADMIN_KEY"}
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "webhook", "--port", str(port),
+                             "--server-url", "http://127.0.0.1:1/v1"], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "-> http://127.0.0.1:1/admin/degrade" in proc.stdout.readline()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0
 
 
 def test_degrade_url_accepts_openai_base_url():

@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rerank-queries", type=int, default=40, help="questions also run with MiniLM re-ranking")
     ap.add_argument("--distill-targets", type=int, default=1000)
     ap.add_argument("--fresh", action="store_true", help="delete an existing knowledge base first")
+    ap.add_argument("--static-from", type=Path, default=None,
+                    help="reuse a distilled static embedder directory (skips the MiniLM distillation step)")
     args = ap.parse_args(argv)
 
     from apps.legal.config import LegalConfig
@@ -97,6 +99,11 @@ def main(argv=None) -> int:
 
         shutil.rmtree(kb)
     cfg = LegalConfig(kb_dir=kb, distill_targets=args.distill_targets)
+    if args.static_from and not cfg.static_dir.exists():
+        import shutil
+
+        shutil.copytree(args.static_from, cfg.static_dir)
+        result["static_embedder_reused_from"] = str(args.static_from)
 
     # --- ingest, keeping exact vectors in a float16 memmap for the recall measurement --------------
     vec_path = work / "vectors.f16"

@@ -7,8 +7,8 @@ the same architecture is built in a temp dir and the JSON says ``"untrained": tr
 
 1. generation: tokens/s and p50/p99 latency through ``dsv serve`` at concurrency 1, 8 and 32, against
    sequential ``model.generate`` calls in one process (goal: >= 5x the baseline's tokens/s at 32);
-2. scoring: ``/v1/score`` requests/s and p99, batched server vs the same server with ``--max-batch 1``
-   (goal 5x);
+2. scoring: ``/v1/score`` requests/s and p99 at 32 connections, batched server vs the same server with
+   ``--max-batch 1`` (goal 5x); load from ``wrk`` when installed (Debian ``wrk``), else a Python client;
 3. HTTP layer capacity on ``/health`` with ``wrk`` if installed (else a Python client, which is then the
    bottleneck and says so) against the product's 2000 requests/s per interface;
 4. INT8 (``--quantize int8``'s code path, in process): decode tokens/s and next-token top-1 / greedy
@@ -167,16 +167,50 @@ def score_bodies(model: str, n: int) -> list[dict]:
     return [{"model": model, "prompt": f"{PROMPTS[i % len(PROMPTS)]} Verdict:", "labels": LABELS} for i in range(n)]
 
 
+def _parse_wrk(out: str) -> dict:
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+    def seconds(label: str) -> float | None:
+        match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
+        return float(match.group(1)) * scale[match.group(2)] if match else None
+
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    timeouts = re.search(r"timeout (\d+)", out)
+    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_s": seconds("50%"), "p99_s": seconds("99%"),
+            "errors": int(errors.group(1)) if errors else 0, "timeouts": int(timeouts.group(1)) if timeouts else 0}
+
+
+def wrk_post(url: str, path: str, body: dict, connections: int, seconds: int) -> dict | None:
+    """POST load from wrk (C, ~no CPU) so that the server, not a Python client, is what is measured."""
+    wrk = shutil.which("wrk")
+    if not wrk:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                     f'wrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s", "--latency",
+                          "-s", script.name, f"{url}{path}"], capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    return {"tool": f"wrk -t1 -c{connections} -d{seconds}s (one fixed body)", "concurrency": connections,
+            **_parse_wrk(out)}
+
+
+def score_load(url: str, name: str, requests: int, seconds: int) -> dict:
+    body = score_bodies(name, 1)[0]
+    figures = wrk_post(url, "/v1/score", body, 32, seconds)
+    if figures is None:
+        figures = asyncio.run(load(url, "/v1/score", score_bodies(name, requests), 32))
+        figures["tool"] = "python httpx (client-bound: install wrk)"
+    return figures
+
+
 def http_capacity(url: str, seconds: int) -> dict:
     wrk = shutil.which("wrk")
     if wrk:
         out = subprocess.run([wrk, "-t1", "-c64", f"-d{seconds}s", "--latency", f"{url}/health"],
                              capture_output=True, text=True, check=True).stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-        scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-        return {"tool": "wrk -t1 -c64", "requests_per_s": rps,
-                "p99_s": float(p99.group(1)) * scale[p99.group(2)] if p99 else None}
+        return {"tool": "wrk -t1 -c64", **_parse_wrk(out)}
     import httpx
 
     async def run():
@@ -238,6 +272,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--baseline-requests", type=int, default=8)
     parser.add_argument("--score-requests", type=int, default=256)
+    parser.add_argument("--score-seconds", type=int, default=15, help="wrk duration per scoring run")
     parser.add_argument("--http-seconds", type=int, default=5)
     parser.add_argument("--skip-int8", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -271,7 +306,7 @@ def main() -> int:
             figures["vs_baseline_tokens_per_s"] = figures["tokens_per_s"] / base_tps
             result["server_generation"][f"c{concurrency}"] = figures
         print("[bench] scoring, batched", file=sys.stderr)
-        result["score_batched"] = asyncio.run(load(server.url, "/v1/score", score_bodies(name, args.score_requests), 32))
+        result["score_batched"] = score_load(server.url, name, args.score_requests, args.score_seconds)
         print("[bench] HTTP capacity on /health", file=sys.stderr)
         result["http_health"] = http_capacity(server.url, args.http_seconds)
     finally:
@@ -281,8 +316,7 @@ def main() -> int:
     try:
         unbatched.wait_ready()
         print("[bench] scoring, unbatched (--max-batch 1)", file=sys.stderr)
-        result["score_unbatched"] = asyncio.run(load(unbatched.url, "/v1/score",
-                                                     score_bodies(name, args.score_requests), 32))
+        result["score_unbatched"] = score_load(unbatched.url, name, args.score_requests, args.score_seconds)
     finally:
         unbatched.stop()
 

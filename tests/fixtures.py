@@ -54,6 +54,7 @@ def kafka_broker(tmp_path_factory):
 
 SERVER_TENANTS = ("admin", "finance", "medical", "manufacturing", "legal")
 SERVER_ADAPTERS = ("finance", "medical", "manufacturing", "legal")
+SERVED_BASE_NAME = "deepseek-tiny"  # the base model's id, as in production (DSV_HOME/models/deepseek-tiny)
 
 
 def make_lora_adapter(base_dir, out_dir, seed: int = 0, rank: int = 4) -> None:
@@ -130,7 +131,7 @@ def start_model_server(tmp_dir, model_dir, *, adapters=SERVER_ADAPTERS, extra_ar
     env.pop("DSV_API_KEYS", None)
     command = [sys.executable, "-m", "core.cli", "serve", "--model", str(model_dir),
                "--adapters-dir", str(adapters_dir), "--host", "127.0.0.1", "--port", str(port),
-               "--api-keys-file", str(keys_file), *extra_args]
+               "--api-keys-file", str(keys_file), "--served-model-name", SERVED_BASE_NAME, *extra_args]
     repo_root = Path(__file__).resolve().parent.parent
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=repo_root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -167,7 +168,8 @@ def model_server(tmp_path_factory, tiny_model_dir):
     """A real model server (``dsv serve``) on loopback: tiny base model + four untrained LoRA adapters.
 
     Yields an object with ``.base_url`` (ends in /v1), ``.api_keys`` (tenant -> key for admin,
-    finance, medical, manufacturing, legal), ``.adapters_dir`` and ``.process``.
+    finance, medical, manufacturing, legal), ``.adapters_dir`` and ``.process``. Model ids:
+    "deepseek-tiny" (the base), "finance", "medical", "manufacturing", "legal".
     """
     server = start_model_server(tmp_path_factory.mktemp("model_server"), tiny_model_dir)
     yield server

@@ -36,13 +36,14 @@ class CurriculumConfig:
     drift: float = 1.0
     episode_window_s: float = 3600.0  # episode consistency: same account/device within this window
     confident_negative: float = 0.002
+    confident_positive: float = 0.5
     max_iter: int = 200
     seed: int = 0
     out_dir: Path | None = None
 
 
 def _episode_neighbours(cols, positive: np.ndarray, window_s: float) -> np.ndarray:
-    """Rows sharing an account or device with a positive row within ``window_s`` seconds."""
+    """Rows sharing an account or device with another positive row within ``window_s`` seconds."""
     import pandas as pd
 
     out = np.zeros(len(cols["ts"]), dtype=bool)
@@ -50,9 +51,10 @@ def _episode_neighbours(cols, positive: np.ndarray, window_s: float) -> np.ndarr
         return out
     for key in ("account", "device"):
         df = pd.DataFrame({"k": cols[key], "ts": cols["ts"], "row": np.arange(len(cols["ts"]))})
-        pos = df[positive][["k", "ts"]].rename(columns={"ts": "pts"})
+        pos = df[positive].rename(columns={"ts": "pts", "row": "prow"})
         joined = df.merge(pos, on="k")
-        near = joined[(joined["ts"] - joined["pts"]).abs() <= window_s]["row"].to_numpy()
+        near = joined[((joined["ts"] - joined["pts"]).abs() <= window_s)
+                      & (joined["row"] != joined["prow"])]["row"].to_numpy()
         out[near] = True
     return out
 
@@ -84,7 +86,12 @@ def run_curriculum(cfg: CurriculumConfig) -> dict:
 
     # Stage 2: pseudo-labels on the unlabelled real stream + episode consistency + the real labels.
     pr = m1.predict_proba(Xr)[:, 1]
-    seeds = pr >= thr1
+    alerts = pr >= thr1
+    near_alert = _episode_neighbours(real, alerts, cfg.episode_window_s)
+    # A fast-tier alert becomes a pseudo-positive only with episode support (another alert on the same
+    # account/device within the window) or high confidence; isolated borderline alerts -- mostly the
+    # drifted customers' innocent travel and second devices -- are left out rather than learned.
+    seeds = alerts & (near_alert | (pr >= cfg.confident_positive))
     pseudo_pos = seeds | (_episode_neighbours(real, seeds, cfg.episode_window_s) & (pr >= cfg.confident_negative))
     pseudo_neg = (pr <= cfg.confident_negative) & ~pseudo_pos
     use = pseudo_pos | pseudo_neg | labelled

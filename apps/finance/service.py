@@ -40,6 +40,8 @@ class ScorerConfig:
     sink_path: Path | None = None
     idle_exit_s: float | None = None      # stop after this long without messages (tests, benchmarks)
     instance_id: str | None = None        # static group membership: a restart reclaims its partitions
+    record_latency: bool = False          # keep produce->scored latencies (benchmarks)
+    stop_after: int | None = None         # stop once this many transactions are scored (benchmarks)
     stats_every_s: float = 1.0
 
 
@@ -50,6 +52,9 @@ class ScorerStats:
     dlq: int = 0
     batches: int = 0
     batch_seconds: list[float] = field(default_factory=list)
+    latencies_ms: list = field(default_factory=list)   # arrays, one per batch (record_latency only)
+    first_output_at: float | None = None
+    last_output_at: float | None = None
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -106,6 +111,11 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
             producer.flush()      # outputs durable first ...
             consumer.commit()     # ... then the input offsets (at-least-once)
             elapsed = time.perf_counter() - t0
+            if cfg.record_latency:  # broker CreateTime of each input -> its outputs committed
+                done_ms = time.time() * 1000.0
+                stats.latencies_ms.append(done_ms - np.fromiter((m.timestamp_ms for m in msgs), float, len(msgs)))
+            stats.first_output_at = stats.first_output_at or time.time()
+            stats.last_output_at = time.time()
             BATCH_SECONDS.observe(elapsed)
             n_alerts = len(result.alerts)
             TX_TOTAL.labels("scored").inc(len(result.outputs) - n_alerts)
@@ -122,6 +132,8 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
             if now - last_stats > cfg.stats_every_s:
                 _report(consumer, sink, stats, since_stats, now - last_stats)
                 last_stats, since_stats = now, 0
+            if cfg.stop_after and stats.scored + stats.dlq >= cfg.stop_after:
+                break
     finally:
         producer.close()
         consumer.close()

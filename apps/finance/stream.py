@@ -59,7 +59,7 @@ def _rebalance_codes() -> set:
     from confluent_kafka import KafkaError
 
     return {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
-            KafkaError._STATE}
+            KafkaError._STATE, KafkaError._ASSIGNMENT_LOST}
 
 
 class _LazyCodes:
@@ -141,7 +141,9 @@ class ConfluentProducer:
 
         self._p = _P({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
                       "enable.idempotence": False, "queue.buffering.max.messages": 1_000_000,
-                      "batch.num.messages": 10000, "compression.type": "lz4",
+                      "batch.num.messages": 10000,
+                      # no compression: kafka-python consumers need extra codec packages for lz4/snappy/zstd
+                      "compression.type": "none",
                       "message.timeout.ms": 120000})
         self._failures: list[str] = []
 

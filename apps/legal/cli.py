@@ -66,7 +66,7 @@ def _retriever(args, settings):
     cfg = _config(args, settings)
     _require_kb(cfg)
     mode = RetrievalMode(bm25=args.mode in ("hybrid", "bm25"), dense=args.mode in ("hybrid", "dense"),
-                         rerank=not args.no_rerank)
+                         rerank=args.rerank)
     return Retriever(cfg, mode, top_k=args.k)
 
 
@@ -95,9 +95,6 @@ def cmd_ask(args, settings) -> int:
     hits = retriever.search(args.question, tenant=args.tenant, k=args.k)
     client = make_client(settings)
     result = LegalAnswerer(client, model=retriever.cfg.model).answer(args.question, hits)
-    if client is None:
-        result.mode = result.mode.replace("model server not configured", "model server unavailable")
-        result.answer = result.answer.replace("model server not configured", "model server unavailable")
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False, indent=1))
     else:
@@ -156,7 +153,9 @@ def _search_args(p, k_default=10):
     p.add_argument("-k", type=int, default=k_default, help="passages to return")
     p.add_argument("--tenant", default=None, help="tenant label; sees 'public' plus its own documents")
     p.add_argument("--mode", choices=("hybrid", "bm25", "dense"), default="hybrid", help="retrievers to use")
-    p.add_argument("--no-rerank", action="store_true", help="skip the MiniLM re-ranking stage")
+    p.add_argument("--rerank", action="store_true",
+                   help="re-rank the fused top 20 with MiniLM (off by default: slow on CPU, and it lowered "
+                        "recall on the synthetic benchmark; see docs/benchmarks/legal.md)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--kb", default=None, help="knowledge-base directory (default DSV_HOME/legal/kb)")
 
@@ -182,7 +181,7 @@ def register(subparsers) -> None:
                    help="build the indexes on N local Ray workers (0 = in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--kb", default=None, help="knowledge-base directory (default DSV_HOME/legal/kb)")
-    p = add_command(group, "search", cmd_search, "Ranked passages for a query (hybrid BM25 + dense, RRF, MiniLM re-rank).")
+    p = add_command(group, "search", cmd_search, "Ranked passages for a query (hybrid BM25 + dense, RRF; optional MiniLM re-rank).")
     p.add_argument("query")
     _search_args(p)
     p = add_command(group, "ask", cmd_ask, "Answer a question with verified citations (the `legal` adapter; extractive fallback).")

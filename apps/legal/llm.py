@@ -11,8 +11,10 @@ log = logging.getLogger(__name__)
 class LegalAnswerer:
     """Generate a cited answer with the `legal` adapter; verify it; fall back to extraction when needed."""
 
-    def __init__(self, client=None, model: str = "legal", max_tokens: int = 256):
-        self.client = client          # a core.client.ModelClient, or None (no server configured)
+    def __init__(self, client=None, model: str = "legal", max_tokens: int = 256,
+                 offline_reason: str = "model server unavailable"):
+        self.client = client          # a core.client.ModelClient, or None (server down / not configured)
+        self.offline_reason = offline_reason  # label of the fallback when client is None
         self.model = model
         self.max_tokens = max_tokens
         self.last_messages: list[dict] | None = None  # exactly what was sent, for audit and tests
@@ -29,7 +31,7 @@ class LegalAnswerer:
         messages, neutralised = build_messages(question, hits)
         self.last_messages = messages
         if self.client is None:
-            return extractive_answer(question, hits, "model server not configured")
+            return extractive_answer(question, hits, self.offline_reason)
         from core.client import ModelRequestError, ModelUnavailable
 
         # Shrink the evidence until the prompt fits the served model's context window (the tiny

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -85,12 +86,7 @@ def create_app(cfg: LegalConfig, settings, rerank: bool = False):
     @app.post("/ask")
     def ask(req: AskRequest):
         hits = retriever.search(req.question, tenant=req.tenant, k=req.k)
-        c = client()
-        result = LegalAnswerer(c, model=cfg.model).answer(req.question, hits)
-        if c is None:
-            result.answer = result.answer.replace("model server not configured", "model server unavailable")
-            result.mode = result.mode.replace("model server not configured", "model server unavailable")
-        return result.to_json()
+        return LegalAnswerer(client(), model=cfg.model).answer(req.question, hits).to_json()
 
     @app.post("/review")
     def review(req: ReviewRequest):
@@ -111,5 +107,24 @@ def run_service(settings, host: str = "127.0.0.1", port: int = 8704, n_docs: int
     write_text_atomic(status, json.dumps({"url": f"http://{host}:{port}", "kb_dir": str(cfg.kb_dir),
                                           "started": time.time(), "prepared": prepared}))
     log.info("legal service on http://%s:%d", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")  # handles SIGINT/SIGTERM gracefully
+    server = _server_class()(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    # Our own handlers: finish in-flight requests, then return 0 (uvicorn would re-raise the signal).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
+    server.run()
+    log.info("legal service stopped")
     return 0
+
+
+def _server_class():
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # keep the handlers installed above
+            yield
+
+    return Server
+

@@ -45,7 +45,7 @@ class EngineConfig:
     max_batch: int = 32
     max_wait_s: float = 0.01
     queue_size: int = 256
-    max_score_rows: int = 64
+    max_score_rows: int = 256
     max_loaded_adapters: int = 8
 
 

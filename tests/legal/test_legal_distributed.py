@@ -40,9 +40,13 @@ def test_two_ray_workers_build_the_same_index_as_one_process(tmp_path, static_em
     assert a.ntotal == b.ntotal == info["passages"]
     assert np.allclose(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal), atol=1e-6)
     assert BM25Segments(cfgs["ray"].bm25_dir).covered == a.ntotal
-    # BM25 in segments (Ray) vs one segment: the same top passages for a query.
-    for q in ("原告 被告 支付 利息", "personal data breach damages"):
-        top_single = [h.chunk_id for h in Retriever(cfgs["single"], RetrievalMode(True, False, False)).search(q, k=5)]
-        top_ray = [h.chunk_id for h in Retriever(cfgs["ray"], RetrievalMode(True, False, False)).search(q, k=5)]
-        assert len(top_single) == len(top_ray) == 5
-        assert len(set(top_single) & set(top_ray)) >= 3  # per-segment IDF differs slightly from global IDF
+    # BM25: the Ray segments cover the same passages; a distinctive query finds the same passage first.
+    segs = BM25Segments(cfgs["ray"].bm25_dir)
+    segs.warm_up()
+    assert sum(m.scores["num_docs"] for _, _, m in segs.segments) == a.ntotal
+    import json
+
+    first = json.loads(corpus.read_text(encoding="utf-8").splitlines()[7])
+    for cfg_name in ("single", "ray"):
+        top = Retriever(cfgs[cfg_name], RetrievalMode(True, False, False)).search(first["title"], k=1)
+        assert top[0].doc_id == first["id"], cfg_name

@@ -67,7 +67,8 @@ def small_server(tmp_path_factory, tiny_model_dir):
     cli.register(parser.add_subparsers())
     args = parser.parse_args(["serve", "--model", str(tiny_model_dir), "--adapters-dir", str(tmp / "adapters"),
                               "--api-keys-file", str(tmp / "keys"), "--quantize", "int8", "--max-batch", "1",
-                              "--queue-size", "2", "--max-wait-ms", "0"])
+                              "--queue-size", "2", "--max-wait-ms", "0",
+                              "--served-model-name", "deepseek-tiny"])
     app = cli.build_server(args, load_settings())
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

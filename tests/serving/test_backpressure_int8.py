@@ -10,7 +10,7 @@ from tests.serving.conftest import auth
 
 def _long_request(root, key, max_tokens=40):
     return httpx.post(f"{root}/v1/completions", headers=auth(key), timeout=120, json={
-        "model": "deepseek-tiny-test", "prompt": "The transaction", "max_tokens": max_tokens, "temperature": 0})
+        "model": "deepseek-tiny", "prompt": "The transaction", "max_tokens": max_tokens, "temperature": 0})
 
 
 def test_full_queue_answers_429_with_retry_after_and_recovers(small_server):

@@ -13,7 +13,7 @@ from tests.serving.conftest import auth, metric_samples
 
 PROMPTS = ["The transaction was flagged", "CT shows a nodule", "Bearing vibration", "According to Article 577",
            "该交易因金额", "胸部CT示", "轴承振动有效值", "根据《民法典》"]
-MODELS = ["deepseek-tiny-test", "finance", "medical", "manufacturing", "legal", "finance", "deepseek-tiny-test", "legal"]
+MODELS = ["deepseek-tiny", "finance", "medical", "manufacturing", "legal", "finance", "deepseek-tiny", "legal"]
 
 
 def _complete(root, key, model, prompt, max_tokens=12):

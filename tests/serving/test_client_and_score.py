@@ -17,7 +17,7 @@ def client(model_server):
 
 def test_chat_and_models(client):
     assert client.available()
-    assert {"deepseek-tiny-test", "finance"} <= set(client.models())
+    assert {"deepseek-tiny", "finance"} <= set(client.models())
     text = client.chat("finance", [{"role": "user", "content": "Explain the alert."}], max_tokens=8, seed=1)
     assert isinstance(text, str) and text
 
@@ -36,7 +36,7 @@ def test_score_probabilities_sum_to_one_and_follow_logprobs(client, model_server
     by_logprob = sorted(raw["data"], key=lambda item: item["logprob"])
     assert by_logprob == sorted(raw["data"], key=lambda item: item["probability"])
     # The base model and an adapter disagree on the numbers (the LoRA is applied in scoring too).
-    assert client.score("deepseek-tiny-test", "Verdict:", labels) != client.score("finance", "Verdict:", labels)
+    assert client.score("deepseek-tiny", "Verdict:", labels) != client.score("finance", "Verdict:", labels)
 
 
 def test_request_errors_are_not_unavailability(client):
@@ -55,7 +55,7 @@ def test_unreachable_server_is_model_unavailable():
     start = time.monotonic()
     assert dead.available() is False
     with pytest.raises(ModelUnavailable):
-        dead.chat("deepseek-tiny-test", [{"role": "user", "content": "x"}])
+        dead.chat("deepseek-tiny", [{"role": "user", "content": "x"}])
     with pytest.raises(ModelUnavailable):
-        dead.score("deepseek-tiny-test", "x", ["a", "b"])
+        dead.score("deepseek-tiny", "x", ["a", "b"])
     assert time.monotonic() - start < 10

@@ -10,7 +10,7 @@ from tests.serving.conftest import auth
 CHAT = "/v1/chat/completions"
 
 
-def _chat(model="deepseek-tiny-test", **extra):
+def _chat(model="deepseek-tiny", **extra):
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
 
 
@@ -56,10 +56,10 @@ def test_bad_input_is_named_and_disturbs_nobody(http, model_server):
 
         error = _error(http.post(CHAT, json=_chat(max_tokens=5000), headers=key), 400)
         assert error["code"] == "context_length_exceeded" and "1024" in error["message"] and "5000" in error["message"]
-        long_prompt = {"model": "deepseek-tiny-test", "prompt": "word " * 3000}
+        long_prompt = {"model": "deepseek-tiny", "prompt": "word " * 3000}
         assert _error(http.post("/v1/completions", json=long_prompt, headers=key), 400)["param"] == "prompt"
 
-        huge = {"model": "deepseek-tiny-test", "prompt": "x" * (2 << 20)}
+        huge = {"model": "deepseek-tiny", "prompt": "x" * (2 << 20)}
         assert _error(http.post("/v1/completions", json=huge, headers=key), 413)["code"] == "request_too_large"
 
         assert healthy.result().status_code == 200

@@ -12,7 +12,7 @@ def finance_client(model_server):
 
 def test_models_lists_base_and_own_adapters(model_server, finance_client):
     ids = [m.id for m in finance_client.models.list()]
-    assert ids[0] == "deepseek-tiny-test"
+    assert ids[0] == "deepseek-tiny"
     assert "finance" in ids
     assert "legal" not in ids and "medical" not in ids  # other verticals' adapters are not offered
     admin = openai.OpenAI(base_url=model_server.base_url, api_key=model_server.api_keys["admin"])
@@ -36,14 +36,14 @@ def test_adapter_changes_the_output(model_server):
     messages = [{"role": "user", "content": "CT shows a 6 mm solid nodule."}]
     outputs = {model: client.chat.completions.create(model=model, messages=messages, max_tokens=10,
                                                      temperature=0).choices[0].message.content
-               for model in ("deepseek-tiny-test", "finance", "medical")}
+               for model in ("deepseek-tiny", "finance", "medical")}
     assert len(set(outputs.values())) == 3, outputs  # each (random, non-zero) LoRA really applied
 
 
 def test_seeded_sampling_is_reproducible(finance_client):
     def sample(seed):
         return finance_client.chat.completions.create(
-            model="deepseek-tiny-test", messages=[{"role": "user", "content": "hello"}], max_tokens=16,
+            model="deepseek-tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=16,
             temperature=1.0, top_p=0.9, seed=seed).choices[0].message.content
 
     assert sample(7) == sample(7)
@@ -67,14 +67,14 @@ def test_streaming_equals_non_streaming(finance_client):
 
 def test_completion_stop_string_cuts_the_text(finance_client):
     prompt = "According to Article 577 of the Civil Code"
-    free = finance_client.completions.create(model="deepseek-tiny-test", prompt=prompt, max_tokens=16, temperature=0)
+    free = finance_client.completions.create(model="deepseek-tiny", prompt=prompt, max_tokens=16, temperature=0)
     text = free.choices[0].text
     assert len(text) >= 4
     stop = text[2:4]
-    cut = finance_client.completions.create(model="deepseek-tiny-test", prompt=prompt, max_tokens=16,
+    cut = finance_client.completions.create(model="deepseek-tiny", prompt=prompt, max_tokens=16,
                                             temperature=0, stop=[stop])
     assert cut.choices[0].text == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
     streamed = "".join(c.choices[0].text for c in finance_client.completions.create(
-        model="deepseek-tiny-test", prompt=prompt, max_tokens=16, temperature=0, stop=[stop], stream=True))
+        model="deepseek-tiny", prompt=prompt, max_tokens=16, temperature=0, stop=[stop], stream=True))
     assert streamed == cut.choices[0].text

@@ -5,14 +5,15 @@ PY    := $(VENV)/bin/python
 PIP   := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.installed
 # Debian tools the ops tests drive (compose validation, promtool); installed when missing and root.
-SYSTEM_TOOLS := docker-compose:docker-compose promtool:prometheus
+SYSTEM_TOOLS := docker-compose:docker-compose promtool:prometheus amtool:prometheus-alertmanager
 
-.PHONY: setup system-deps run test bench clean help
+.PHONY: setup system-deps run test bench release clean help
 
 help:
 	@echo "make run    - set up (first time), build deepseek-tiny if missing, start the local stack"
 	@echo "make test   - set up (first time), run the test suite offline"
 	@echo "make bench  - run the benchmarks under bench/ (long)"
+	@echo "make release - tests with coverage, then the evaluation gate (refuses unless both pass)"
 
 # torch first, pinned, from the CPU wheel on disk; every later install goes through constraints.txt
 # so nothing can replace it with a multi-GB CUDA build. Re-runs are a no-op until pyproject changes.
@@ -25,19 +26,23 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 system-deps:
-	@for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
-	  if ! command -v $$tool >/dev/null 2>&1; then \
-	    if [ "$$(id -u)" = 0 ]; then echo "installing $$pkg (for $$tool)"; \
-	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg) >/dev/null 2>&1 \
-	      || echo "warning: could not install $$pkg; tests needing $$tool will fail"; \
-	    else echo "warning: $$tool missing and not root; install Debian package $$pkg"; fi; \
-	  fi; done
+	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null 2>&1 \
+	    || echo "warning: could not install$$missing; the ops tests that drive them will fail"; \
+	  else echo "warning: not root; install the Debian packages$$missing"; fi; \
+	fi
 
 test: setup system-deps
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 run: setup
 	$(VENV)/bin/dsv run
+
+release: setup system-deps
+	OMP_NUM_THREADS=1 $(VENV)/bin/dsv release
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

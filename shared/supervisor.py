@@ -129,7 +129,10 @@ class Supervisor:
         for child in self.children:
             if self._stop.is_set():
                 return
-            self._spawn(child)
+            try:
+                self._spawn(child)
+            except OSError as exc:  # missing executable, bad cwd: no point starting the rest
+                raise StartupError(f"{child.spec.name}: cannot start {child.spec.argv[0]}: {exc}") from exc
             if child.spec.ready is not None:
                 self._wait_ready(child)
         self._write_status()
@@ -181,7 +184,12 @@ class Supervisor:
                 changed = True
             elif now >= child.restart_due:
                 child.restarts += 1
-                self._spawn(child)
+                try:
+                    self._spawn(child)
+                except OSError as exc:  # e.g. the binary vanished: try again after the next backoff
+                    child.consecutive_crashes += 1
+                    child.restart_due = now + self._backoff(child.consecutive_crashes)
+                    self._say(f"{child.spec.name}: cannot start {child.spec.argv[0]}: {exc}")
                 changed = True
         if changed:
             self._write_status()

@@ -150,14 +150,18 @@ class AdapterStore:
 
     # -- engine thread only ----------------------------------------------------------------------
 
-    def acquire(self, name: str) -> AdapterSlot:
-        """The resident slot for ``name`` (loading it if needed), with one more in-flight reference."""
+    def acquire(self, name: str, path: Path | None = None) -> AdapterSlot:
+        """The resident slot for ``name`` (loading it if needed), with one more in-flight reference.
+
+        ``path`` is where ``name`` resolved when the request was accepted: a request queued before an
+        admin removed the adapter is still served (from a slot retired as soon as it is done).
+        """
         with self._lock:
             slot = self._resident.get(name)
             if slot is not None:
                 self._resident.move_to_end(name)
         if slot is None:
-            slot = self._load(name, self.resolve(name))
+            slot = self._load(name, path or self.resolve(name))
         slot.refs += 1
         slot.last_used = time.monotonic()
         return slot
@@ -196,7 +200,11 @@ class AdapterStore:
         MODEL_LOAD_SECONDS.labels(model=f"adapter:{name}").observe(seconds)
         slot = AdapterSlot(name=name, slot=slot_name, path=path, load_seconds=seconds)
         with self._lock:
-            self._resident[name] = slot
+            if name in self._removed:  # removed while this request was queued: serve it, then unload
+                slot.retired = True
+                self._retired.append(slot)
+            else:
+                self._resident[name] = slot
             ADAPTERS_LOADED.set(len(self._resident))
         log.info("loaded adapter %s from %s in %.3fs", name, path, seconds)
         return slot

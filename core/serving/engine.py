@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.serving.adapters import AdapterSlot, AdapterStore
@@ -80,6 +81,7 @@ class GenerationRequest:
     params: SamplingParams
     adapter: str | None           # public adapter name, None = base model
     sink: Callable[[Event], None]  # called from the engine thread; must not block
+    adapter_path: Path | None = None  # where the adapter resolved on acceptance
     model_label: str = "base"
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -94,6 +96,7 @@ class ScoreRequest:
     label_ids: list[list[int]]
     adapter: str | None
     future: concurrent.futures.Future  # resolves to a list of label log-probabilities
+    adapter_path: Path | None = None
 
 
 @dataclass
@@ -255,7 +258,7 @@ class Engine:
                 request.sink(Event(finish_reason="cancelled"))
                 continue
             try:
-                slot = self.adapters.acquire(request.adapter) if request.adapter else None
+                slot = self.adapters.acquire(request.adapter, request.adapter_path) if request.adapter else None
             except Exception as exc:
                 log.warning("adapter %s failed to load: %s", request.adapter, exc)
                 request.sink(Event(error=exc))
@@ -456,7 +459,8 @@ class Engine:
         live: list[tuple[ScoreRequest, AdapterSlot | None]] = []
         for request in batch:
             try:
-                live.append((request, self.adapters.acquire(request.adapter) if request.adapter else None))
+                slot = self.adapters.acquire(request.adapter, request.adapter_path) if request.adapter else None
+                live.append((request, slot))
             except Exception as exc:
                 request.future.set_exception(exc)
         try:

@@ -89,6 +89,16 @@ class OpenAIServing:
                                param="model", code="model_forbidden")
         return name
 
+    def _adapter_path(self, adapter: str | None):
+        """Pin the adapter's files at acceptance, so a removal while queued cannot fail the request."""
+        if adapter is None:
+            return None
+        try:
+            return self.adapters.resolve(adapter)
+        except AdapterNotFound:
+            raise ServingError(404, f"The model '{adapter}' does not exist.", "not_found_error", param="model",
+                               code="model_not_found") from None
+
     # -- generation ------------------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, tenant: Tenant, is_disconnected):
@@ -148,7 +158,7 @@ class OpenAIServing:
         events: asyncio.Queue[Event] = asyncio.Queue()
         request = GenerationRequest(prompt_ids=prompt_ids, params=params, adapter=adapter,
                                     sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                                    model_label=model_label)
+                                    model_label=model_label, adapter_path=self._adapter_path(adapter))
         try:
             self.engine.submit(request)
         except QueueFull as exc:
@@ -246,7 +256,8 @@ class OpenAIServing:
         import concurrent.futures
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            self.engine.submit_score(EngineScoreRequest(prompt_ids, label_ids, adapter, future))
+            self.engine.submit_score(EngineScoreRequest(prompt_ids, label_ids, adapter, future,
+                                                        adapter_path=self._adapter_path(adapter)))
         except QueueFull as exc:
             raise _overloaded(exc, self.config.retry_after_s) from None
         try:

@@ -52,3 +52,14 @@ def test_falls_back_when_the_server_is_down(broker, tmp_path):
     assert {r["tx_id"] for r in rows} == {a["tx_id"] for a in alerts}
     assert all(r["source"] == "fallback" and r["reason"].startswith("[fallback") for r in rows)
     assert all("new device" in r["reason"] and r["label"] == "fraud" for r in rows)
+
+
+def test_adapter_config_is_a_valid_two_stage_curriculum():
+    from pathlib import Path
+
+    from core.finetune.config import check_components, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "apps" / "finance" / "finetune.yaml")
+    check_components(cfg)
+    assert cfg.adapter_name == "finance"
+    assert [s.name for s in cfg.stages()] == ["synthetic", "real-pseudo-labelled"]

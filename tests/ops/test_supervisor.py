@@ -144,6 +144,12 @@ def test_readiness_gates_later_children(tmp_path):
     assert sup.children[1].process is None  # the gated child never started
     sup.stop()
 
+    missing = ChildSpec("typo", [str(tmp_path / "no-such-binary")])
+    sup = Supervisor([missing, sleeper("after")], tmp_path / "s3", policy=FAST)
+    with pytest.raises(StartupError, match="typo: cannot start .*no-such-binary"):
+        sup.start()
+    sup.stop()
+
 
 def test_sigterm_to_supervisor_process_stops_everything(tmp_path):
     """The real path of `dsv run`: a supervisor process gets SIGTERM and leaves no orphan."""

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import json
 import multiprocessing as mp
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time

@@ -58,7 +58,7 @@ def scale_benchmark(model, devices: int, loop_devices: int, workdir: Path) -> di
         "batched_scoring_s": round(batched_score_s, 2),
         "per_device_loop_s_per_device": round(per_device_loop, 5),
         "per_device_loop_s_extrapolated": round(per_device_loop * devices, 1),
-        "per_device_loop_measured_on": int(len(sub)),
+        "per_device_loop_measured_on": len(sub),
         "speedup_batched_vs_loop": round(per_device_loop * devices / batched_score_s, 1),
         "mean_health": round(float(np.mean(res["health"])), 1),
     }
@@ -88,8 +88,8 @@ def main() -> int:
     t = time.perf_counter()
     fleet = simulate_fleet(train)
     cfg = PipelineConfig(train=TrainConfig(steps=steps))
-    model = train_health_model(normal_windows_from_grid(fleet.values, None, cfg, fleet.labels["onset_ts"].to_numpy(),
-                                                        fleet.ts), cfg)
+    model = train_health_model(normal_windows_from_grid(fleet.values, fleet.ts, cfg,
+                                                        fleet.labels["onset_ts"].to_numpy()), cfg)
     result["training"] = {"fleet": f"SYNTHETIC {train.devices} devices x {train.days} days, seed {train.seed}",
                           "steps": steps, **model.info, "wall_s": round(time.perf_counter() - t, 1)}
     t = time.perf_counter()

@@ -222,7 +222,7 @@ class ContractReviewer:
             self._retriever = Retriever(self.cfg, RetrievalMode(True, True, False), top_k=20)
         query = " ".join([clause] + [lookup(s).text[:60] for s in statutes])
         hits = self._retriever.search(query, tenant=tenant, k=20)
-        cited = [h for h in hits if set(h.statutes) & set(statutes)] or hits[:2]
+        cited = [h for h in hits if set(h.statutes) & set(statutes)]  # only judgments applying these articles
         return [{"doc_id": h.doc_id, "title": h.title, "court": h.court, "date": h.date,
                  "statutes": list(h.statutes), "passage": h.text[:300]} for h in cited[:3]]
 

@@ -5,6 +5,7 @@ Heavy imports (torch, pandas, sklearn) stay inside the handlers so `dsv --help` 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -53,7 +54,7 @@ def _normal_windows_from_file(path: str, labels: str | None, cfg):
     if labels:
         lab = pd.read_csv(labels, dtype={"device_id": str}).set_index("device_id")
         onset = lab["onset_ts"].reindex(grid.device_ids).fillna(-1).to_numpy(np.int64)
-    return normal_windows_from_grid(grid.values, None, cfg, onset, grid.ts)
+    return normal_windows_from_grid(grid.values, grid.ts, cfg, onset)
 
 
 def train_default(settings, *, devices: int = 150, days: float = 10.0, seed: int = 0, steps: int = 400,
@@ -69,7 +70,7 @@ def train_default(settings, *, devices: int = 150, days: float = 10.0, seed: int
         source = input_path
     else:
         fleet = simulate_fleet(SimConfig(devices=devices, days=days, seed=seed))
-        windows = normal_windows_from_grid(fleet.values, None, cfg, fleet.labels["onset_ts"].to_numpy(), fleet.ts)
+        windows = normal_windows_from_grid(fleet.values, fleet.ts, cfg, fleet.labels["onset_ts"].to_numpy())
         source = f"SYNTHETIC fleet devices={devices} days={days} seed={seed}"
     model = train_health_model(windows, cfg)
     model.info["trained_on"] = source
@@ -234,50 +235,48 @@ def register(subparsers) -> None:
 
     p = add_command(g, "eval", cmd_eval, "Evaluate on a held-out SYNTHETIC fleet vs static thresholds and "
                     "z-scores at equal recall (false alarms/device-day, recall, lead time) + the NASA Shuttle set.")
-    p.add_argument("--devices", type=int, default=200)
-    p.add_argument("--days", type=float, default=10.0)
+    p.add_argument("--devices", type=int, default=200, help="machines in the SYNTHETIC fleet")
+    p.add_argument("--days", type=float, default=10.0, help="days of data per machine")
     p.add_argument("--seed", type=int, default=101, help="use a seed different from training")
     p.add_argument("--target-recall", type=float, default=None,
                    help="recall every method is tuned to (default: the model's recall at its default threshold)")
-    p.add_argument("--shuttle", action=__import__("argparse").BooleanOptionalAction, default=True,
+    p.add_argument("--shuttle", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate on the real NASA Shuttle set shipped with river")
-    p.add_argument("--shuttle-steps", type=int, default=200)
+    p.add_argument("--shuttle-steps", type=int, default=200, help="training steps for the Shuttle model")
     p.add_argument("--output", help="also write the JSON here")
-    p.add_argument("--model-dir")
+    p.add_argument("--model-dir", help="trained model (default DSV_HOME/manufacturing/model)")
 
-    for name, func, helptext in (
-            ("run", cmd_run, "Run the scheduler: score every device's latest window every --interval seconds, "
-             "history + alert state in SQLite (resumes after a restart)."),):
-        p = add_command(g, name, func, helptext)
-        p.add_argument("--source", help="records file/dir (default DSV_HOME/manufacturing/fleet.parquet) "
-                       "or 'kafka' for the sensors topic")
-        p.add_argument("--interval", type=float, default=900.0, help="seconds between cycles")
-        p.add_argument("--replay", action="store_true",
-                       help="play the file back: each cycle advances a data clock by one window stride")
-        p.add_argument("--max-cycles", type=int, default=None, help="stop after N cycles")
-        p.add_argument("--db", help="SQLite history (default DSV_HOME/manufacturing/history.sqlite)")
-        p.add_argument("--bootstrap", help="Kafka bootstrap (default KAFKA_BOOTSTRAP)")
-        p.add_argument("--group-id", default="manufacturing-scheduler", help="Kafka consumer group")
-        p.add_argument("--model-dir")
+    p = add_command(g, "run", cmd_run, "Run the scheduler: score every device's latest window every "
+                    "--interval seconds, history + alert state in SQLite (resumes after a restart).")
+    p.add_argument("--source", help="records file/dir (default DSV_HOME/manufacturing/fleet.parquet) "
+                   "or 'kafka' for the sensors topic")
+    p.add_argument("--interval", type=float, default=900.0, help="seconds between cycles")
+    p.add_argument("--replay", action="store_true",
+                   help="play the file back: each cycle advances a data clock by one window stride")
+    p.add_argument("--max-cycles", type=int, default=None, help="stop after N cycles")
+    p.add_argument("--db", help="SQLite history (default DSV_HOME/manufacturing/history.sqlite)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap (default KAFKA_BOOTSTRAP)")
+    p.add_argument("--group-id", default="manufacturing-scheduler", help="Kafka consumer group")
+    p.add_argument("--model-dir", help="trained model (default DSV_HOME/manufacturing/model)")
 
     p = add_command(g, "service", cmd_service, "Long-running demo service: simulate a fleet and train if "
                     "missing under DSV_HOME/manufacturing, then replay it through the scheduler. Ctrl-C stops.")
-    p.add_argument("--devices", type=int, default=200)
-    p.add_argument("--days", type=float, default=7.0)
+    p.add_argument("--devices", type=int, default=200, help="machines in the SYNTHETIC fleet")
+    p.add_argument("--days", type=float, default=7.0, help="days of data per machine")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between cycles (demo speed)")
     p.add_argument("--steps", type=int, default=400, help="training steps if a model must be trained")
 
     p = add_command(g, "advise", cmd_advise, "Maintenance advice for a device (manufacturing adapter via the "
                     "model server; a labelled template when the server is unavailable).")
-    p.add_argument("--device", required=True)
+    p.add_argument("--device", required=True, help="device_id")
     p.add_argument("--db", help="SQLite history (default DSV_HOME/manufacturing/history.sqlite)")
 
     p = add_command(g, "advice-data", cmd_advice_data, "Write SYNTHETIC chat training data (alert context -> "
                     "advice) for the manufacturing LoRA adapter (see apps/manufacturing/finetune.yaml).")
-    p.add_argument("--out", required=True)
-    p.add_argument("--devices", type=int, default=300)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", required=True, help="JSONL file of chat records")
+    p.add_argument("--devices", type=int, default=300, help="simulated machines (80 %% develop a fault)")
+    p.add_argument("--seed", type=int, default=7, help="simulation seed (use another one for a validation set)")
 
     p = add_command(g, "publish", cmd_publish, "Publish records from a file to the Kafka 'sensors' topic.")
-    p.add_argument("--input", required=True)
+    p.add_argument("--input", required=True, help="records (.csv/.parquet/dir)")
     p.add_argument("--bootstrap", help="Kafka bootstrap (default KAFKA_BOOTSTRAP)")

@@ -132,12 +132,15 @@ def validate_frame(df: pd.DataFrame, source: str, kind: str = "csv", *, skip_bad
             out[col] = np.nan  # a sensor the fleet lacks entirely: counted per device below
             continue
         raw = df[col]
-        num = pd.to_numeric(raw, errors="coerce")
-        # Empty strings and NaN are missing values (allowed); any other text is garbage.
-        garbage = num.isna() & raw.notna() & (raw.astype("string").str.strip().str.lower()
-                                                .isin(["", "nan", "null", "none", "na"]) == False)  # noqa: E712
-        reject(garbage.fillna(False).astype(bool), col, "not a number")
-        num = num.astype(float)
+        if pd.api.types.is_numeric_dtype(raw):  # Parquet / Kafka numbers: nothing to parse
+            num = raw.astype(float)
+        else:
+            num = pd.to_numeric(raw, errors="coerce")
+            # Empty strings and NaN are missing values (allowed); any other text is garbage.
+            garbage = num.isna() & raw.notna() & ~raw.astype("string").str.strip().str.lower().isin(
+                ["", "nan", "null", "none", "na"])
+            reject(garbage.fillna(False).astype(bool), col, "not a number")
+            num = num.astype(float)
         num[~np.isfinite(num.to_numpy())] = np.nan  # inf is as unusable as NaN
         out[col] = num
 
@@ -152,10 +155,9 @@ def validate_frame(df: pd.DataFrame, source: str, kind: str = "csv", *, skip_bad
     report.nan_values = {c: int(out[c].isna().sum()) for c in sensors if out[c].isna().any()}
     if report.nan_values:
         has_any = out[sensors].notna().groupby(out["device_id"]).any()
-        for dev, row in has_any.iterrows():
-            missing = [s for s in sensors if not row[s]]
-            if missing:
-                report.missing_sensors[str(dev)] = missing
+        lacking = has_any[~has_any.all(axis=1)]          # usually few devices: loop only over those
+        for dev, row in zip(lacking.index, lacking.to_numpy()):
+            report.missing_sensors[str(dev)] = [s for s, ok in zip(sensors, row) if not ok]
     report.rows_kept = len(out)
     return out, report
 

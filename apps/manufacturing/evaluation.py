@@ -171,7 +171,7 @@ def evaluate_shuttle(train_rows: int = 8000, test_rows: int = 20000, steps: int 
         x[test_idx][:, None, :], model.normalizer)}
     yt = y[test_idx]
     out = {"data": "REAL: NASA Shuttle (river.datasets.Shuttle, ODDS binary version)",
-           "train_normal_rows": int(len(train_idx)), "test_rows": int(len(test_idx)),
+           "train_normal_rows": len(train_idx), "test_rows": len(test_idx),
            "test_anomaly_share": round(float(yt.mean()), 4)}
     for name, sc in scores.items():
         auroc = roc_auc_score(yt, sc)

@@ -14,8 +14,15 @@ from shared.io import InputError, atomic_path
 
 from .data import REGIME_SENSORS, SENSORS
 from .model import EncoderConfig, TrainConfig, build_encoder, embed, train_encoder
-from .scoring import (HEALTH_ALERT_BELOW, Calibration, HysteresisState, apply_hysteresis, calibrate,
-                      contributing_sensors, knn_distance)
+from .scoring import (
+    HEALTH_ALERT_BELOW,
+    Calibration,
+    HysteresisState,
+    apply_hysteresis,
+    calibrate,
+    contributing_sensors,
+    knn_distance,
+)
 from .windows import MIN_OBSERVED, RegimeNormalizer, observed_fraction, sliding_windows, to_grid
 
 log = logging.getLogger(__name__)
@@ -80,7 +87,7 @@ class HealthModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "HealthModel":
+    def load(cls, path: str | Path) -> HealthModel:
         import torch
 
         path = Path(path)
@@ -135,20 +142,20 @@ def train_health_model(normal_windows: np.ndarray, cfg: PipelineConfig, progress
     reference = embed(encoder, z_train[ref_idx])
     cal_dist = knn_distance(embed(encoder, normalizer.transform(cal_raw)), reference, cfg.knn_k)
     calibration = calibrate(cal_dist, cfg.knn_k)
-    info = {"train_windows": int(len(z_train)), "calibration_windows": int(n_cal),
+    info = {"train_windows": len(z_train), "calibration_windows": int(n_cal),
             "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:])),
             "train_seconds": round(time.perf_counter() - start, 1)}
     log.info("health model trained: %s", info)
     return HealthModel(cfg, normalizer, encoder, reference, calibration, info)
 
 
-def normal_windows_from_grid(values: np.ndarray, ends_ts: np.ndarray | None, cfg: PipelineConfig,
-                             onset_ts: np.ndarray | None = None, grid_ts: np.ndarray | None = None) -> np.ndarray:
-    """All windows (N, K, W, S) flattened, keeping only those that end before the device's fault onset
-    (``onset_ts`` -1 or absent = the device is healthy throughout)."""
+def normal_windows_from_grid(values: np.ndarray, grid_ts: np.ndarray, cfg: PipelineConfig,
+                             onset_ts: np.ndarray | None = None) -> np.ndarray:
+    """All windows of a (N, T, S) grid, flattened to (M, W, S), keeping only those that end before
+    the device's fault onset (``onset_ts`` -1, or no labels at all = healthy throughout)."""
     win, ends = sliding_windows(values, cfg.window, cfg.stride)
     keep = np.ones(win.shape[:2], bool)
-    if onset_ts is not None and grid_ts is not None:
+    if onset_ts is not None:
         end_ts = grid_ts[ends]
         keep = (onset_ts[:, None] < 0) | (end_ts[None, :] < onset_ts[:, None])
     return win[keep]

@@ -229,7 +229,7 @@ class Scheduler:
                                  "in_alert": state.in_alert[idx].astype(int), "last_ts": last_ts[idx]})
         report = getattr(self.source, "report", None)
         cycle = {"cycle_id": cycle_id, "started_at": started, "data_until": int(until or 0),
-                 "n_devices": int(len(device_ids)), "n_scored": int(len(idx)), "n_alerts": n_alerts,
+                 "n_devices": len(device_ids), "n_scored": len(idx), "n_alerts": n_alerts,
                  "seconds": round(time.perf_counter() - t0, 3),
                  "report": json.dumps(report.to_dict() if report else {})}
         meta = {"replay_clock": str(until)} if self.cfg.replay else {}

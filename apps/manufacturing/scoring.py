@@ -52,7 +52,7 @@ class HysteresisState:
     in_alert: np.ndarray       # bool
 
     @classmethod
-    def fresh(cls, n: int) -> "HysteresisState":
+    def fresh(cls, n: int) -> HysteresisState:
         return cls(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool))
 
 

@@ -57,7 +57,6 @@ class Fleet:
 
     def to_frame(self) -> pd.DataFrame:
         """Wide records (the input contract), one row per device per timestamp while alive."""
-        n, t, s = self.values.shape
         dev_idx, t_idx = np.nonzero(self.alive)
         frame = pd.DataFrame({"device_id": self.device_ids[dev_idx], "ts": self.ts[t_idx]})
         vals = self.values[dev_idx, t_idx]
@@ -153,7 +152,7 @@ def simulate_fleet(cfg: SimConfig) -> Fleet:
 
     width = max(4, len(str(n - 1)))
     device_ids = np.array([f"M{i:0{width}d}" for i in range(n)])
-    sec = lambda h: (cfg.start_ts + np.round(h * 3600)).astype(np.int64)  # noqa: E731
+    sec = lambda h: (cfg.start_ts + np.round(h * 3600)).astype(np.int64)
     labels = pd.DataFrame({
         "device_id": device_ids,
         "fault": np.where(faulty, np.array(FAULT_KINDS + ("",))[kind], "none"),

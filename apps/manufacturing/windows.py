@@ -84,7 +84,7 @@ class RegimeNormalizer:
         self.seed = seed
         self.centers = self.r_mean = self.r_std = self.mean = self.std = None
 
-    def fit(self, samples: np.ndarray) -> "RegimeNormalizer":
+    def fit(self, samples: np.ndarray) -> RegimeNormalizer:
         """``samples``: (M, S) raw readings from normal operation."""
         samples = samples[~np.isnan(samples).all(axis=1)]
         self.mean = np.nanmean(samples, axis=0).astype(np.float32)
@@ -132,7 +132,7 @@ class RegimeNormalizer:
                 "mean": self.mean, "std": self.std}
 
     @classmethod
-    def from_state(cls, st: dict) -> "RegimeNormalizer":
+    def from_state(cls, st: dict) -> RegimeNormalizer:
         obj = cls.__new__(cls)
         obj.sensors = tuple(st["sensors"])
         obj.regime_idx = list(st["regime_idx"])

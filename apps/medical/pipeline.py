@@ -112,11 +112,16 @@ class NodulePipeline:
             if "text" in attempt:
                 attempt["text"] = redact(attempt["text"])
         with atomic_path(Path(self.cfg.out_dir) / key, is_dir=True) as tmp:
-            seg_uid = None
+            segmentation = None
             if findings:
                 t0 = time.perf_counter()
-                labels_native = native_label_map(labels_c, affine_c, series.affine, series.shape)
-                seg_uid = write_segmentation(tmp / "segmentation.dcm", series.headers, labels_native, findings, patient)
+                try:  # the findings and report still go out when the SEG cannot be built
+                    labels_native = native_label_map(labels_c, affine_c, series.affine, series.shape)
+                    seg_uid = write_segmentation(tmp / "segmentation.dcm", series.headers, labels_native, findings, patient)
+                    segmentation = {"file": "segmentation.dcm", "sop_instance_uid": seg_uid}
+                except Exception as exc:  # e.g. a source without FrameOfReferenceUID, which the SEG IOD needs
+                    segmentation = {"file": None, "error": redact(f"{type(exc).__name__}: {exc}")[:300]}
+                    log.warning("series %s: DICOM-SEG not written (%s)", key, type(exc).__name__)
                 timings["seg_s"] = time.perf_counter() - t0
             record = {
                 "series": key, "patient": patient, "study": self.pseudonymise(str(first.get("StudyInstanceUID", "")), "STU"),
@@ -124,7 +129,7 @@ class NodulePipeline:
                 "native_spacing_mm": [round(v, 4) for v in series.spacing_mm],
                 "analysis_spacing_mm": self.model_cfg.spacing_mm,
                 "nodule_count": len(nodules), "nodules": nodules,
-                "segmentation": {"file": "segmentation.dcm", "sop_instance_uid": seg_uid} if seg_uid else None,
+                "segmentation": segmentation,
                 "report": {k: v for k, v in report.items() if k != "text"},
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},
                 "coordinates": "patient LPS mm (DICOM)",

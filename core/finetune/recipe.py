@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -29,14 +28,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.finetune.config import FinetuneConfig, MixConfig, StageConfig, instantiate
-from core.finetune.data import ChatDataset, ChatRecord, collate, load_chat_jsonl, tokenize_records
+from core.finetune.checkpoint import (
+    CHECKPOINT_FILE,
+    config_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from core.finetune.config import FinetuneConfig, MixConfig, instantiate
+from core.finetune.data import (
+    ChatDataset,
+    ChatRecord,
+    collate,
+    load_chat_jsonl,
+    tokenize_records,
+)
+from core.finetune.distributed import Dist, init_distributed
 from shared.io import InputError, atomic_path, write_text_atomic
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "state.pt"
 EXPERIMENT = "finetune"
 
 
@@ -81,48 +92,6 @@ class FinetuneResult:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Distributed context (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-            dist.barrier()
-
-    def mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        import torch
-        import torch.distributed as dist
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world_size
-
-
-def init_distributed() -> Dist:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Dist()
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
-
-
-# ---------------------------------------------------------------------------------------------------
 # Helpers
 
 
@@ -139,13 +108,6 @@ def load_stage_records(source: str | MixConfig, seed: int) -> tuple[list[ChatRec
         mix = mix_files(source.sources, source.ratio, total=source.total, seed=seed)
         return mix.records, mix.counts
     return load_chat_jsonl(source), None
-
-
-def config_fingerprint(config: FinetuneConfig) -> str:
-    """Identity of a run for resuming: everything but the switches that don't change training."""
-    data = config.model_dump(mode="json", by_alias=True,
-                             exclude={"training": {"resume", "log_every"}, "registry": True, "merge": True})
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flat_params(config: FinetuneConfig) -> dict[str, Any]:
@@ -178,6 +140,21 @@ def _accumulation_groups(loader, size: int):
         yield group
 
 
+def _accumulate_gradients(train_model, group: list[dict], dist: Dist) -> tuple[float, int]:
+    """Forward/backward each micro-batch of one optimizer step; returns (mean loss, real tokens).
+
+    Under DDP the gradient all-reduce runs only on the last micro-batch (``no_sync`` before it)."""
+    loss_sum, tokens = 0.0, 0
+    for j, batch in enumerate(group):
+        last = j == len(group) - 1
+        with train_model.no_sync() if dist.enabled and not last else contextlib.nullcontext():
+            loss = train_model(**batch).loss / len(group)
+            loss.backward()
+        loss_sum += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    return loss_sum, tokens
+
+
 class _NoRun:
     """Stands in for the MLflow run on ranks > 0 (and when registration is off and no tracking wanted)."""
 
@@ -194,44 +171,6 @@ class _NoRun:
 
     def log_artifact(self, path) -> None:
         pass
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(path: Path, model, optimizer, scheduler, position: dict, fingerprint: str) -> None:
-    import torch
-    from peft import get_peft_model_state_dict
-
-    state = {
-        "fingerprint": fingerprint,
-        "adapter": get_peft_model_state_dict(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-        "position": position,
-    }
-    with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -> dict:
-    import torch
-    from peft import set_peft_model_state_dict
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: unreadable checkpoint ({exc}); delete it or set training.resume=false") from None
-    if state["fingerprint"] != fingerprint:
-        raise InputError(f"{path}: checkpoint belongs to a different config; delete it or set training.resume=false")
-    set_peft_model_state_dict(model, state["adapter"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    return state["position"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -287,7 +226,10 @@ def _run(config: FinetuneConfig, settings: Settings, dist: Dist, progress: bool)
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id
     peft_config = instantiate("peft", config.peft, model=loaded.model)
-    model = get_peft_model(loaded.model, peft_config)
+    try:
+        model = get_peft_model(loaded.model, peft_config)
+    except ValueError as exc:  # PEFT's refusal of a combination (e.g. a layer type it cannot wrap)
+        raise InputError(f"peft ({config.peft.component}): {exc}") from None
     model.train()
     trainable, total = model.get_nb_trainable_parameters()
     if dist.is_main:
@@ -374,15 +316,8 @@ def _run(config: FinetuneConfig, settings: Settings, dist: Dist, progress: bool)
                 step_in_epoch = skip
                 tick = time.perf_counter()  # training time includes data loading, not eval/checkpoints
                 for group in _accumulation_groups(loader, tcfg.grad_accum):
-                    loss_sum = 0.0
-                    for j, batch in enumerate(group):
-                        sync = j == len(group) - 1
-                        ctx = train_model.no_sync() if dist.enabled and not sync else contextlib.nullcontext()
-                        with ctx:
-                            loss = train_model(**batch).loss / len(group)
-                            loss.backward()
-                        loss_sum += loss.item()
-                        tokens_seen += int(batch["attention_mask"].sum())
+                    loss_sum, tokens = _accumulate_gradients(train_model, group, dist)
+                    tokens_seen += tokens
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)

@@ -202,6 +202,11 @@ def _land_and_register(registry, model, tokenizer, out: Path, info: dict, run_id
     try:
         with atomic_path(out, is_dir=True) as tmp:
             save_checkpoint(model, tokenizer, tmp, info)
+            # mkdtemp makes the directory private (0700); a model is meant to be read by the server's
+            # user too (containers), so give it ordinary permissions before it lands.
+            tmp.chmod(0o755)
+            for file in tmp.iterdir():
+                file.chmod(0o644)
             load_model(tmp)  # never land a checkpoint the servers could not load
             tags = {"preset": info["preset"], "seed": info["seed"], "weights_sha256": weights_digest(tmp)}
             # Registered while the files are still in the temporary directory: the rename below is the

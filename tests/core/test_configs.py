@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from core.finetune.config import RECIPE_SUPPLIED_ARGS, check_component, instantiate, load_config
+from core.finetune.config import (
+    RECIPE_SUPPLIED_ARGS,
+    check_component,
+    instantiate,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted([*REPO.glob("core/finetune/configs/*.yaml"), *REPO.glob("apps/*/finetune.yaml")])

@@ -21,7 +21,9 @@ def test_chinese_text_is_scored_not_dropped():
     assert 0 < partial.rouge_l < 1 and 0 <= partial.bleu4 < 100
     tokens = MixedTokenizer().tokenize("CT示右肺上叶6毫米结节。")
     assert tokens[0] == "ct" and "6" in tokens and len(tokens) >= 5 and "".join(tokens) == "ct示右肺上叶6毫米结节"
-    from rouge_score import rouge_scorer  # the default tokenizer sees nothing in Chinese: why ours exists
+    from rouge_score import (
+        rouge_scorer,  # the default tokenizer sees nothing in Chinese: why ours exists
+    )
     assert rouge_scorer.RougeScorer(["rougeL"]).score(ref[0], "低风险：交易不符合习惯。")["rougeL"].fmeasure == 0
     english = score_texts(["low risk the payment is normal"], [ANSWER])
     assert english.bleu_tokenize == "13a" and 0 < english.rouge_l < 1

@@ -5,6 +5,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -119,9 +120,9 @@ def test_mixer_meets_ratio_deterministically_and_reports_real_counts(tmp_path):
 class _TranslatorStubHandler(BaseHTTPRequestHandler):
     """OpenAI chat-completions shape; 'translates' by tagging the language (a real translator cannot run offline)."""
 
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][-1]["content"]
         type(self).requests.append(prompt)
@@ -185,6 +186,10 @@ def test_unknown_target_module_lists_the_real_linear_names(tiny_model_dir, demo_
         run_finetune(parse_config(raw), Settings(home=tmp_path), progress=False)
     assert not (tmp_path / "adapters").exists()  # nothing half-written
 
+    raw["peft"] = {"_component_": "lora", "target_modules": ["kv_b_proj", "down_proj"], "lora_dropout": 0.1}
+    with pytest.raises(InputError, match=r"fused MoE expert weights.*lora_dropout: 0"):
+        run_finetune(parse_config(raw), Settings(home=tmp_path), progress=False)
+
 
 def test_curriculum_trains_loss_falls_and_saves_a_peft_adapter(tiny_model_dir, demo_set, tmp_path):
     import torch
@@ -230,3 +235,18 @@ def test_curriculum_trains_loss_falls_and_saves_a_peft_adapter(tiny_model_dir, d
     ids = torch.tensor([[5, 17, 42, 99, 7]])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, reloaded.eval()(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_back_translation_through_the_real_model_server(model_server, tmp_path):
+    """The same augmenter against our real server (untrained tiny model: the text is noise, the plumbing
+    and the accounting are what is checked; a real translator is only a different base URL)."""
+    from core.client import ModelClient
+    from core.finetune.backtranslate import BackTranslator, back_translate
+
+    records = load_chat_jsonl(write_synthetic_set(tmp_path, 2, 1, domains=("legal",))["train"])
+    client = ModelClient(model_server.base_url, model_server.api_keys["admin"])
+    result = back_translate(records, BackTranslator(client, "deepseek-tiny", pivots=("fr", "de"), max_tokens=12))
+    assert len(result.records) + result.dropped_unchanged + result.dropped_empty == 4
+    assert sum(result.per_pivot.values()) == len(result.records)
+    for para in result.records:
+        assert para.messages[-1]["role"] == "assistant" and para.messages[1]["role"] == "user"

@@ -93,7 +93,7 @@ def test_torchrun_two_processes_ddp(tiny_model_dir, train_file, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "core.cli", "finetune", "--config", str(cfg), "--json", "--no-progress"],
-        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=240)
+        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=240, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     printed = [line for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1  # only rank 0 reports

@@ -106,3 +106,16 @@ def read_until_keys(bootstrap: str, topic: str, expected: set[str], timeout_s: f
     finally:
         c.close()
     return out
+
+
+def topic_size(bootstrap: str, topic: str, partitions: int = 4) -> int:
+    """Messages in ``topic`` (sum of high watermarks), without joining a consumer group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("size")})
+    try:
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in range(partitions))
+    except Exception:  # broker briefly unavailable
+        return 0
+    finally:
+        c.close()

@@ -12,7 +12,7 @@ from apps.finance.pipeline import dumps
 from apps.finance.service import ScorerConfig, run_scorer
 from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, _port_open, wait_until
 from tests.finance.conftest import (produce, produce_records, read_topic, read_until_keys, scorer_process,
-                                   synthetic_records, unique)
+                                   synthetic_records, topic_size, unique)
 
 
 def _start_scorer_thread(cfg: ScorerConfig):
@@ -63,7 +63,7 @@ def _collect_output(proc) -> list[str]:
 def test_two_processes_split_the_partitions(broker, fin_model):
     records = synthetic_records(3000, seed=12)
     group = unique("split")
-    procs = [scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "8") for _ in range(2)]
+    procs = [scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "5") for _ in range(2)]
     logs = [_collect_output(p) for p in procs]
     # Data goes in only once both members hold partitions, so the split is the group's doing, not timing.
     assert wait_until(lambda: all(any("partitions assigned: ['" in line for line in lg) for lg in logs), 60), logs
@@ -86,10 +86,10 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(broker, fin_model, capsys)
     # A static member id, as a StatefulSet pod would have: the restart takes the partitions back at once.
     first = scorer_process(broker.bootstrap, fin_model, group, "--instance-id", "scorer-0")
     # Kill -9 as soon as some (not all) outputs are written.
-    assert wait_until(lambda: len(read_topic(broker.bootstrap, TOPIC_SCORES, until=1000, timeout_s=2)) >= 1000, 60)
+    assert wait_until(lambda: topic_size(broker.bootstrap, TOPIC_SCORES) >= 1000, 60, 0.05)
     first.kill()
     first.wait()
-    partial = len(read_topic(broker.bootstrap, TOPIC_SCORES, until=len(records), timeout_s=3))
+    partial = topic_size(broker.bootstrap, TOPIC_SCORES)
     assert partial < len(records), "the kill must land mid-stream for this test to mean anything"
     second = scorer_process(broker.bootstrap, fin_model, group, "--instance-id", "scorer-0", "--idle-exit", "4")
     second.communicate(timeout=90)
@@ -110,7 +110,7 @@ def test_broker_restart_mid_stream(broker, fin_model):
     stop, thread, holder = _start_scorer_thread(ScorerConfig(
         broker.bootstrap, fin_model, group=unique("restart"), batch_size=250, instance_id="scorer-0"))
     try:
-        assert wait_until(lambda: len(read_topic(broker.bootstrap, TOPIC_SCORES, until=500, timeout_s=2)) >= 500, 60)
+        assert wait_until(lambda: topic_size(broker.bootstrap, TOPIC_SCORES) >= 500, 60, 0.05)
         port, data_dir = broker.port, broker.data_dir
         broker.stop()
         assert not _port_open(broker.bootstrap), "the broker must really be down"

@@ -51,7 +51,7 @@ def test_planted_injection_never_reaches_the_prompt_as_instructions(legal_kb):
     # Without a server: labelled extractive answer, every citation verified, nothing of the payload.
     answerer = LegalAnswerer(client=None)
     result = answerer.answer("How long may retention logs be kept?", hits)
-    assert result.answer.startswith("Extractive answer (model server not configured")
+    assert result.answer.startswith("Extractive answer (model server unavailable")
     assert "PWNED" not in result.answer and "Ignore previous" not in result.answer
     assert result.citations and all(1 <= int(c["marker"].strip("[]")) <= len(hits)
                                     for c in result.citations if c["marker"].startswith("["))

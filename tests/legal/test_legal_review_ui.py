@@ -32,8 +32,13 @@ def test_review_flags_risky_clauses_with_real_statutes_and_accessible_precedents
     assert risky[1].category == "liability_exclusion" and "《中华人民共和国民法典》第五百零六条" in risky[1].statutes
     assert all(lookup(s) for f in risky.values() for s in f.statutes)
     assert all(f.suggestion for f in risky.values())
-    # Precedents come through the same access-controlled retrieval: firm-a's judgment never shows up.
-    assert risky[4].precedents and all(p["doc_id"] != "secret-a-1" for p in risky[4].precedents)
+    # Precedents are judgments applying the flagged articles, found through the same access-controlled
+    # retrieval: firm-a's judgment (it cites GDPR Article 6) is a precedent for firm-a only.
+    for f in risky.values():
+        assert all(set(p["statutes"]) & set(f.statutes) for p in f.precedents)
+    assert all(p["doc_id"] != "secret-a-1" for p in risky[4].precedents)
+    as_firm_a = ContractReviewer(cfg).review(CONTRACT, tenant="firm-a")
+    assert "secret-a-1" in {p["doc_id"] for p in as_firm_a[3].precedents}
     json.dumps([f.to_json() for f in findings], ensure_ascii=False)
 
 

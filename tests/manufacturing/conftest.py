@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 # Small but real: 30 machines x 4 days for training, a different seed for held-out checks.
-TRAIN_FLEET = dict(devices=30, days=4.0, seed=0)
-HELDOUT_FLEET = dict(devices=30, days=4.0, seed=11)
+TRAIN_FLEET = {"devices": 30, "days": 4.0, "seed": 0}
+HELDOUT_FLEET = {"devices": 30, "days": 4.0, "seed": 11}
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +30,8 @@ def trained_model_dir(tmp_path_factory, train_fleet):
 
     cfg = PipelineConfig(train=TrainConfig(steps=60, batch_size=64), max_train_windows=6000,
                          reference_size=1024)
-    windows = normal_windows_from_grid(train_fleet.values, None, cfg,
-                                       train_fleet.labels["onset_ts"].to_numpy(), train_fleet.ts)
+    windows = normal_windows_from_grid(train_fleet.values, train_fleet.ts, cfg,
+                                       train_fleet.labels["onset_ts"].to_numpy())
     model = train_health_model(windows, cfg, progress=False)
     return model.save(tmp_path_factory.mktemp("mfg") / "model")
 

@@ -61,7 +61,7 @@ def test_saved_model_scores_identically(trained_model, trained_model_dir, heldou
 
 def test_hysteresis_needs_consecutive_low_windows_to_enter_and_healthy_ones_to_leave():
     low = np.array([[1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0]], dtype=bool)
-    alerts, state = apply_hysteresis(low, enter_after=3, leave_after=4)
+    alerts, _ = apply_hysteresis(low, enter_after=3, leave_after=4)
     assert alerts[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
     # Carried state: a later call continues the streak instead of starting over.
     first, st = apply_hysteresis(np.array([[1, 1]], bool), 3, 4)
@@ -76,7 +76,7 @@ def test_evaluation_reports_equal_recall_comparison(trained_model, heldout_fleet
                                 labels=heldout_fleet.labels.iloc[:n].reset_index(drop=True))
     out = evaluate_fleet(trained_model, fleet, target_recall=0.8)
     assert "SYNTHETIC" in out["data"]
-    for name, m in out["at_equal_recall"].items():
+    for m in out["at_equal_recall"].values():
         assert 0.0 <= m["recall"] <= 1.0 and m["false_alarms"] >= 0 and m["healthy_device_days"] > 0
     assert out["faults"] == (fleet.labels.onset_ts >= 0).sum()
     assert set(out["window_auroc"]) == {"contrastive", "static_thresholds", "zscore"}

@@ -163,7 +163,7 @@ def test_segment_command_writes_no_identifier_anywhere(tmp_path, tiny_medical_mo
     for name, blob in haystacks.items():
         for needle in needles:
             assert needle.lower().encode() not in blob.lower(), f"{needle!r} leaked into {name}"
-    if record["segmentation"]:  # the SEG carries the pseudonym, not the patient
+    if record["segmentation"] and record["segmentation"]["file"]:  # the SEG carries the pseudonym, not the patient
         seg = pydicom.dcmread(series_dir / "segmentation.dcm")
         assert str(seg.PatientName).rstrip("^") == record["patient"] and "InstitutionName" not in seg
 
@@ -188,3 +188,29 @@ def test_finetune_records_and_config(tmp_path):
     cfg = core_config.load_config(Path(__file__).resolve().parents[2] / "apps" / "medical" / "finetune.yaml",
                                   home=tmp_path)
     assert cfg.adapter_name == "medical"
+
+
+def test_pipeline_on_real_pydicom_files(tmp_path, tiny_medical_model):
+    """CT_small and the JPEG-2000 CT are segmented (single-slice volumes); MR and SEG are refused."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from apps.medical.deid import Pseudonymiser
+    from apps.medical.pipeline import NodulePipeline, PipelineConfig
+
+    src = tmp_path / "in" / "deep" / "er"
+    src.mkdir(parents=True)
+    for name in ("CT_small.dcm", "693_J2KI.dcm", "MR_small.dcm", "liver_1frame.dcm"):
+        shutil.copy(get_testdata_file(name), src / name.split(".")[0])
+    out = tmp_path / "out"
+    pipe = NodulePipeline(PipelineConfig(model_path=tiny_medical_model[0], out_dir=out, write_preview=False),
+                          Pseudonymiser(b"test-key"))
+    summary = pipe.run_folder(tmp_path / "in")
+    assert len(summary["processed"]) == 2
+    reasons = sorted(r["reason"] for r in summary["refused"])
+    assert reasons == ["modality MR is not CT: series skipped", "modality SEG is not CT: series skipped"]
+    for item in summary["processed"]:
+        record = json.loads((out / item["series"] / "findings.json").read_text())
+        assert record["slices"] == 1 and record["report"]["verified"]
+        assert record["nodule_count"] == len(record["nodules"])

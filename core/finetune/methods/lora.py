@@ -13,6 +13,9 @@ from core.finetune.methods import register_method
 from shared.io import InputError
 
 DEFAULT_TARGETS = ("q_a_proj", "q_b_proj", "kv_b_proj")
+#: MLP names that PEFT also applies to the routed experts, which transformers v5 stores as fused 3-D
+#: parameters (``experts.gate_up_proj``, ``experts.down_proj``); LoRA there cannot use dropout.
+EXPERT_MLP_NAMES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj"}
 
 
 def linear_module_names(model) -> list[str]:
@@ -39,6 +42,10 @@ def lora(model, r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.1, bi
     """Build a ``LoraConfig`` for ``model`` (task CAUSAL_LM); target names are checked against it."""
     from peft import LoraConfig, TaskType
 
+    has_fused_experts = any(p.ndim == 3 for _, p in model.named_parameters())
+    if lora_dropout and has_fused_experts and EXPERT_MLP_NAMES & set(target_modules):
+        raise InputError(f"peft: target_modules {sorted(EXPERT_MLP_NAMES & set(target_modules))} reach the fused "
+                         f"MoE expert weights, where LoRA needs lora_dropout: 0 (got {lora_dropout})")
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias=bias,
         target_modules=check_targets(model, target_modules),

@@ -36,24 +36,33 @@ from apps.finance.stream import (ALL_TOPICS, GroupedBroker, TOPIC_SCORES, TOPIC_
                                  make_producer)
 
 
-def produce_all(bootstrap: str, values: list[bytes], keys: list[bytes], client: str = "confluent") -> float:
+def produce_all(bootstrap: str, values: list[bytes], keys: list[bytes], client: str = "confluent",
+                rate: float | None = None) -> float:
+    """Produce everything (as fast as possible, or paced at ``rate``/s); returns the start time."""
     producer = make_producer(client, bootstrap)
     t0 = time.time()
-    for v, k in zip(values, keys):
-        producer.send(TOPIC_TX, v, k)
+    step = max(1, int(rate / 100)) if rate else len(values)
+    for i in range(0, len(values), step):
+        for v, k in zip(values[i:i + step], keys[i:i + step]):
+            producer.send(TOPIC_TX, v, k)
+        if rate:
+            ahead = (i + step) / rate - (time.time() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
     producer.flush()
     producer.close()
     return t0
 
 
-def batch_run(bootstrap: str, model_path: Path, values, keys, client: str, batch_size: int) -> dict:
+def batch_run(bootstrap: str, model_path: Path, values, keys, client: str, batch_size: int,
+              rate: float | None = None) -> dict:
     cfg = ScorerConfig(bootstrap, model_path, group=f"bench-{client}-{time.time_ns()}", client=client,
                        batch_size=batch_size, record_latency=True, stop_after=len(values), idle_exit_s=30)
     holder: dict = {}
     thread = threading.Thread(target=lambda: holder.setdefault("stats", run_scorer(cfg)))
     thread.start()
     time.sleep(3)  # the consumer joins its group first, so the clock measures scoring, not joining
-    t0 = produce_all(bootstrap, values, keys)
+    t0 = produce_all(bootstrap, values, keys, rate=rate)
     thread.join()
     stats = holder["stats"]
     lat = np.concatenate(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
@@ -61,7 +70,19 @@ def batch_run(bootstrap: str, model_path: Path, values, keys, client: str, batch
     return {"client": client, "n": stats.scored + stats.dlq, "seconds": round(seconds, 2),
             "tx_per_s": round((stats.scored + stats.dlq) / seconds), "alerts": stats.alerts,
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
-            "latency_ms_p99": round(float(np.percentile(lat, 99)), 1), "batch_size": batch_size}
+            "latency_ms_p99": round(float(np.percentile(lat, 99)), 1), "batch_size": batch_size,
+            "produce_rate": rate or "unpaced (backlog: latency = queueing)"}
+
+
+def pipeline_only(model_path: Path, values: list[bytes], batch_size: int) -> dict:
+    """The scoring path without Kafka (decode, validate, features, model, outputs): CPU cost per tx."""
+    scorer = BatchScorer(FastScorer.load(model_path))
+    t0 = time.perf_counter()
+    for i in range(0, len(values), batch_size):
+        out = scorer.score_raw(values[i:i + batch_size]).outputs
+        b"".join(dumps(o) for o in out)
+    seconds = time.perf_counter() - t0
+    return {"n": len(values), "seconds": round(seconds, 2), "tx_per_s": round(len(values) / seconds)}
 
 
 def naive_run(bootstrap: str, model: FastScorer, values, keys) -> dict:
@@ -89,7 +110,7 @@ def naive_run(bootstrap: str, model: FastScorer, values, keys) -> dict:
     producer.close()
     return {"client": "confluent", "n": done, "seconds": round(seconds, 2), "tx_per_s": round(done / seconds),
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
-            "latency_ms_p99": round(float(np.percentile(lat, 99)), 1),
+            "latency_ms_p99": round(float(np.percentile(lat, 99)), 1), "produce_rate": "unpaced",
             "note": "latency includes waiting behind the backlog produced up front (same as the batched run)"}
 
 
@@ -99,6 +120,8 @@ def main() -> None:
     ap.add_argument("--naive-n", type=int, default=3000, help="transactions for the one-at-a-time baseline")
     ap.add_argument("--kafka-python-n", type=int, default=50_000, help="transactions for the kafka-python run (0 = skip)")
     ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--paced-rate", type=float, default=1000, help="produce rate for the latency run (0 = skip)")
+    ap.add_argument("--paced-n", type=int, default=20_000, help="transactions for the paced latency run")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--model", help="fast-tier model (default: train one on 50k synthetic transactions)")
     args = ap.parse_args()
@@ -109,7 +132,7 @@ def main() -> None:
         model_path = Path(args.model) if args.model else Path(tmp) / "model.pkl"
         if not args.model:
             train_fast_scorer(generate_columns(GeneratorConfig(n=50_000, seed=1)), seed=1).save(model_path)
-        total = args.n + args.naive_n + args.kafka_python_n
+        total = args.n + args.naive_n + args.kafka_python_n + args.paced_n
         recs = columns_to_records(generate_columns(GeneratorConfig(n=total, seed=5)), labelled=False)
         values = [dumps(r) for r in recs]
         keys = [r["account"].encode() for r in recs]
@@ -118,7 +141,11 @@ def main() -> None:
         runs = [("batched_confluent", slice(0, args.n), "confluent")]
         if args.kafka_python_n:
             runs.append(("batched_kafka_python", slice(args.n, args.n + args.kafka_python_n), "kafka-python"))
+        if args.paced_rate:
+            lo = args.n + args.kafka_python_n
+            runs.append(("paced_latency_confluent", slice(lo, lo + args.paced_n), "confluent"))
         runs.append(("naive_one_at_a_time", slice(total - args.naive_n, total), "naive"))
+        results["pipeline_only_no_kafka"] = pipeline_only(model_path, values[:args.n], args.batch_size)
         for name, part, client in runs:
             # A fresh broker per run: each run's consumer group starts from an empty topic.
             broker = GroupedBroker(Path(tmp) / f"kafka-{name}").start()
@@ -127,8 +154,10 @@ def main() -> None:
                 if client == "naive":
                     results[name] = naive_run(broker.bootstrap, FastScorer.load(model_path), values[part], keys[part])
                 else:
+                    paced = name.startswith("paced")
                     results[name] = batch_run(broker.bootstrap, model_path, values[part], keys[part], client,
-                                              args.batch_size)
+                                              500 if paced else args.batch_size,
+                                              rate=args.paced_rate if paced else None)
             finally:
                 broker.stop()
             print(name, json.dumps(results[name]), file=sys.stderr, flush=True)

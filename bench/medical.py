@@ -85,8 +85,8 @@ def ensure_server(work: Path):
         client = ModelClient(settings.server_url, api_key=settings.api_key, timeout=30)
         if client.available() and "medical" in client.models():
             return client, None, "configured server"
-    except Exception:
-        pass
+    except Exception as exc:  # noqa: BLE001 - no usable configured server: start a local one below
+        log.info("configured model server not usable (%s): starting a local one", type(exc).__name__)
     from core.model.tiny import build_untrained
     from core.model.tokenizer import train_bpe_tokenizer
     from tests.fixtures import SAMPLE_TEXTS, start_model_server
@@ -183,10 +183,9 @@ def main() -> None:
     }
     if not args.skip_report:
         # Findings as the pipeline reports them (threshold 0.5) on each held-out case.
-        from apps.medical.model import load_case
+        from apps.medical.model import load_case, predict_probability
         from apps.medical.postprocess import extract_findings
         from apps.medical.transforms import canonical_transforms, scale_transform
-        from apps.medical.model import predict_probability
 
         sets = []
         for c in case_dirs:

@@ -159,6 +159,8 @@ class Registry:
         if self._client_obj is None:
             from mlflow.tracking import MlflowClient
 
+            # In case mlflow was imported before this module set MLFLOW_LOGGING_LEVEL.
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
             self._client_obj = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client_obj
 

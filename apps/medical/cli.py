@@ -5,7 +5,6 @@ Heavy libraries (torch, MONAI, pydicom, highdicom) are imported inside the handl
 """
 from __future__ import annotations
 
-
 import json
 from pathlib import Path
 

@@ -56,7 +56,7 @@ class Pseudonymiser:
         self._key = key
 
     @classmethod
-    def for_home(cls, app_dir: Path) -> "Pseudonymiser":
+    def for_home(cls, app_dir: Path) -> Pseudonymiser:
         env = os.environ.get("DSV_MEDICAL_PSEUDONYM_KEY")
         if env:
             return cls(env.encode())

@@ -60,7 +60,7 @@ def _read_header(path: Path):
         return pydicom.dcmread(path, stop_before_pixels=True), None
     except InvalidDicomError:
         return None, "not a DICOM file (no DICM preamble)"
-    except Exception as exc:  # truncated / corrupt headers
+    except Exception as exc:  # noqa: BLE001 - truncated / corrupt headers of any kind become a refusal
         return None, f"unreadable DICOM header ({type(exc).__name__})"
 
 
@@ -171,7 +171,7 @@ def load_volume(series: CTSeries, key: str) -> tuple[np.ndarray | None, SeriesPr
         try:
             ds = pydicom.dcmread(path)
             arr = ds.pixel_array
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any decoder failure refuses the series, naming the file
             return None, SeriesProblem(key, f"pixel data cannot be decoded ({type(exc).__name__}: "
                                             f"{str(exc).splitlines()[0][:160]})", path.name, "CT")
         if arr.ndim != 2:

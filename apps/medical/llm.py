@@ -6,7 +6,6 @@ and the redacted clinical history. The same prompt format is used to build the f
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 SYSTEM_PROMPT = ("You are a thoracic radiology assistant. Write a short CT chest report from the automated "
@@ -14,10 +13,11 @@ SYSTEM_PROMPT = ("You are a thoracic radiology assistant. Write a short CT chest
 
 
 def user_prompt(findings: list[dict], history: str | None) -> str:
-    facts = [{k: f[k] for k in ("id", "type", "longest_diameter_mm", "volume_mm3", "mean_hu", "side", "zone",
-                                "image_number")} for f in findings]
+    # One compact line per nodule: the prompt must fit small context windows with many findings.
+    lines = [f"{f['id']}: {f['type']}, {f['longest_diameter_mm']} mm, {f['volume_mm3']} mm3, {f['mean_hu']:.0f} HU, "
+             f"{f['side']} {f['zone']}, image {f['image_number']}" for f in findings]
     return (f"Clinical history: {history.strip() if history else 'not given'}\n"
-            f"Nodules found: {len(findings)}\nFindings JSON: {json.dumps(facts)}\nWrite the report.")
+            f"Nodules found: {len(findings)}\n" + "".join(line + "\n" for line in lines) + "Write the report.")
 
 
 def messages_for(findings: list[dict], history: str | None) -> list[dict]:
@@ -31,7 +31,7 @@ class AdapterReporter:
         self.client, self.model, self.max_tokens = client, model, max_tokens
 
     @classmethod
-    def from_settings(cls, settings, timeout: float = 10.0) -> "AdapterReporter | None":
+    def from_settings(cls, settings, timeout: float = 10.0) -> AdapterReporter | None:
         try:
             from core.client import ModelClient
         except ImportError:
@@ -41,7 +41,10 @@ class AdapterReporter:
 
     def __call__(self, findings: list[dict], history: str | None, attempt: int) -> str:
         # First attempt greedy; a regeneration samples with another seed.
-        return self.client.chat(self.model, messages_for(findings, history), max_tokens=self.max_tokens,
+        # A structured report needs ~40 tokens of frame and ~40 per nodule: asking for more only burns
+        # the 3.2 s budget when a model does not stop by itself.
+        max_tokens = min(self.max_tokens, 64 + 40 * len(findings))
+        return self.client.chat(self.model, messages_for(findings, history), max_tokens=max_tokens,
                                 temperature=0.0 if attempt == 0 else 0.7, seed=attempt)
 
 

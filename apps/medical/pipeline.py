@@ -62,7 +62,7 @@ class NodulePipeline:
                 continue
             try:
                 result = self.process_series(series, key, redact)
-            except Exception as exc:  # never let one series take the batch down
+            except Exception as exc:
                 log.exception("series %s failed", key)
                 result = SeriesProblem(key, f"processing failed ({type(exc).__name__}: {redact(str(exc))[:200]})",
                                        series.files[0].name, "CT")
@@ -119,7 +119,7 @@ class NodulePipeline:
                     labels_native = native_label_map(labels_c, affine_c, series.affine, series.shape)
                     seg_uid = write_segmentation(tmp / "segmentation.dcm", series.headers, labels_native, findings, patient)
                     segmentation = {"file": "segmentation.dcm", "sop_instance_uid": seg_uid}
-                except Exception as exc:  # e.g. a source without FrameOfReferenceUID, which the SEG IOD needs
+                except Exception as exc:  # noqa: BLE001 - e.g. a source without FrameOfReferenceUID, which the SEG IOD needs
                     segmentation = {"file": None, "error": redact(f"{type(exc).__name__}: {exc}")[:300]}
                     log.warning("series %s: DICOM-SEG not written (%s)", key, type(exc).__name__)
                 timings["seg_s"] = time.perf_counter() - t0

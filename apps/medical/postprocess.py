@@ -50,15 +50,15 @@ def nodule_type(hu_values: np.ndarray) -> str:
 
 
 def _longest_diameter(points_mm: np.ndarray, voxel_mm: float) -> float:
-    from scipy.spatial import ConvexHull
+    from scipy.spatial import ConvexHull, QhullError
     from scipy.spatial.distance import pdist
 
     pts = points_mm
     if len(pts) > 64:
         try:  # the farthest pair lies on the convex hull: far fewer points to compare
             pts = pts[ConvexHull(pts).vertices]
-        except Exception:  # flat / degenerate component
-            pass
+        except QhullError:  # flat / degenerate component: compare all points instead
+            pts = points_mm
     return float(pdist(pts).max() if len(pts) > 1 else 0.0) + voxel_mm
 
 
@@ -72,7 +72,7 @@ def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, nativ
     voxel_mm = voxel_mm3 ** (1 / 3)
     binary = prob > cfg.threshold
     min_voxels = max(1, int(np.ceil(cfg.min_volume_mm3 / voxel_mm3)))
-    comp, n = ndimage.label(binary)
+    comp, _ = ndimage.label(binary)
     sizes = np.bincount(comp.ravel())
     small = sizes < min_voxels
     small[0] = False

@@ -121,8 +121,10 @@ def make_report(findings: list[dict], history: str | None, generate, cfg: Report
             break
         try:
             text = generate(findings, history, attempt)
-        except Exception as exc:  # server down or refusing: the template still goes out, labelled
-            attempts.append({"attempt": attempt, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        except Exception as exc:  # noqa: BLE001 - server down or refusing: the template still goes out, labelled
+            unreachable = isinstance(exc, OSError) or type(exc).__name__ in ("ModelUnavailable", "APIConnectionError")
+            attempts.append({"attempt": attempt, "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                             "kind": "model server unavailable" if unreachable else "LLM request rejected"})
             break
         check = verify_report(text, findings, history)
         attempts.append({"attempt": attempt, "verification": asdict(check), "text": text})
@@ -131,6 +133,6 @@ def make_report(findings: list[dict], history: str | None, generate, cfg: Report
                     "attempts": attempts, "seconds": round(time.perf_counter() - start, 3)}
     text = template_report(findings, history)
     check = verify_report(text, findings, history)
-    reason = "model server unavailable" if attempts and "error" in attempts[-1] else "LLM report failed verification"
+    reason = attempts[-1]["kind"] if attempts and "error" in attempts[-1] else "LLM report failed verification"
     return {"text": text, "source": "template", "verified": check.ok, "verification": asdict(check),
             "fallback_reason": reason, "attempts": attempts, "seconds": round(time.perf_counter() - start, 3)}

@@ -45,7 +45,7 @@ class ServiceConfig:
         return self.app_dir / "model" / "model.pt"
 
     @classmethod
-    def from_settings(cls, settings, **overrides) -> "ServiceConfig":
+    def from_settings(cls, settings, **overrides) -> ServiceConfig:
         return cls(app_dir=settings.app_dir("medical"), settings=settings, **overrides)
 
 

@@ -68,8 +68,16 @@ class NoduleBalancedWeightd:
 
 def training_transforms(spacing_mm: float, patch: int, samples_per_case: int):
     """Cached deterministic part, then random nodule-balanced crops and light augmentation."""
-    from monai.transforms import (Compose, DeleteItemsd, EnsureTyped, RandFlipd, RandGaussianNoised,
-                                  RandRotate90d, RandScaleIntensityd, RandWeightedCropd)
+    from monai.transforms import (
+        Compose,
+        DeleteItemsd,
+        EnsureTyped,
+        RandFlipd,
+        RandGaussianNoised,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandWeightedCropd,
+    )
 
     return Compose([
         canonical_transforms(("image", "label"), spacing_mm, ("bilinear", "nearest")),

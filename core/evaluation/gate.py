@@ -154,5 +154,5 @@ def promote(registry, name: str, *, version: int | None = None, data: str | Path
         run.log_metrics({"promoted": float(promoted),
                          **{f"challenger_{c.metric}": c.challenger for c in comparisons},
                          **{f"champion_{c.metric}": c.champion for c in comparisons if c.champion is not None}})
-    log.info(decision.report())
+    log.info("%s version %s %s", model, challenger.version, "promoted" if promoted else "refused")
     return decision

@@ -34,7 +34,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, position: dict, fin
         "adapter": get_peft_model_state_dict(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "position": position,
     }
     with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
@@ -56,4 +57,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
+    if state["rng"].get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["position"]

@@ -88,6 +88,8 @@ class TrainingConfig(_Strict):
     """Stop after this many optimizer steps in total (all stages); for smoke runs and benchmarks."""
     resume: bool = True
     """Resume from the last checkpoint of an interrupted run of the same config."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    """auto: a GPU when one is visible (one per torchrun rank), else the CPU."""
     num_threads: int | None = Field(None, ge=1)
     """torch intra-op threads per process (default: leave torch's setting)."""
 

@@ -42,7 +42,7 @@ from core.finetune.data import (
     load_chat_jsonl,
     tokenize_records,
 )
-from core.finetune.distributed import Dist, init_distributed
+from core.finetune.distributed import Dist, init_distributed, resolve_device
 from shared.io import InputError, atomic_path, write_text_atomic
 from shared.settings import Settings, load_settings
 
@@ -140,6 +140,14 @@ def _accumulation_groups(loader, size: int):
         yield group
 
 
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def _accumulate_gradients(train_model, group: list[dict], dist: Dist) -> tuple[float, int]:
     """Forward/backward each micro-batch of one optimizer step; returns (mean loss, real tokens).
 
@@ -148,7 +156,7 @@ def _accumulate_gradients(train_model, group: list[dict], dist: Dist) -> tuple[f
     for j, batch in enumerate(group):
         last = j == len(group) - 1
         with train_model.no_sync() if dist.enabled and not last else contextlib.nullcontext():
-            loss = train_model(**batch).loss / len(group)
+            loss = train_model(**_to(batch, model_device(train_model))).loss / len(group)
             loss.backward()
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())
@@ -188,7 +196,7 @@ def evaluate_loss(model, dataset: ChatDataset, batch_size: int, pad_id: int, dis
         for start in range(0, len(indices), batch_size):
             batch = collate([dataset[i] for i in indices[start:start + batch_size]], pad_id)
             n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
+            total += float(model(**_to(batch, model_device(model))).loss) * n
             tokens += n
     model.train()
     return dist.mean(total / max(tokens, 1))
@@ -196,9 +204,10 @@ def evaluate_loss(model, dataset: ChatDataset, batch_size: int, pad_id: int, dis
 
 def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, progress: bool = True) -> FinetuneResult:
     """Train, save, evaluate and register one adapter (see the module docstring)."""
-    dist = init_distributed()
+    device = resolve_device(config.training.device)
+    dist = init_distributed(device)
     try:
-        return _run(config, settings or load_settings(), dist, progress)
+        return _run(config, settings or load_settings(), dist, device, progress)
     finally:
         if dist.enabled:
             import torch.distributed
@@ -206,7 +215,7 @@ def run_finetune(config: FinetuneConfig, settings: Settings | None = None, *, pr
             torch.distributed.destroy_process_group()
 
 
-def _run(config: FinetuneConfig, settings: Settings, dist: Dist, progress: bool) -> FinetuneResult:
+def _run(config: FinetuneConfig, settings: Settings, dist: Dist, device: str, progress: bool) -> FinetuneResult:
     import torch
     from peft import get_peft_model
     from torch.utils.data import DataLoader, DistributedSampler
@@ -222,7 +231,7 @@ def _run(config: FinetuneConfig, settings: Settings, dist: Dist, progress: bool)
     # 1. model + PEFT --------------------------------------------------------------------------------
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    loaded = load_model(base_dir)
+    loaded = load_model(base_dir, device=device)
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id
     peft_config = instantiate("peft", config.peft, model=loaded.model)
@@ -257,7 +266,7 @@ def _run(config: FinetuneConfig, settings: Settings, dist: Dist, progress: bool)
     train_model = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
-        train_model = DistributedDataParallel(model)
+        train_model = DistributedDataParallel(model, device_ids=[model.device.index] if device != "cpu" else None)
 
     fingerprint = config_fingerprint(config)
     ckpt_path = checkpoint_dir / CHECKPOINT_FILE

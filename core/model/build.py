@@ -243,8 +243,13 @@ def ensure_default_model(settings, report: Callable[[str], None] = print, progre
     champion = registry.get_alias(MODEL_NAME, "champion")
     if champion is None or champion.path != path.resolve():
         # A model copied in by hand (or a wiped MLflow store): register what is there.
-        version = registry.register(MODEL_NAME, path, None, tags={"origin": "found on disk",
-                                                                  "weights_sha256": weights_digest(path)})
+        tags = {"origin": "found on disk", "weights_sha256": weights_digest(path)}
+        build_info = path / "build_info.json"
+        if build_info.exists():  # built elsewhere by `dsv model build`: keep its provenance
+            built = json.loads(build_info.read_text(encoding="utf-8"))
+            tags.update({f"build.{k}": built[k] for k in ("preset", "seed", "steps", "final_loss", "mlflow_run_id")
+                         if k in built})
+        version = registry.register(MODEL_NAME, path, None, tags=tags)
         registry.set_alias(MODEL_NAME, "champion", version)
         report(f"deepseek-tiny found at {path}; registered it as version {version} (champion)")
     else:

@@ -127,6 +127,8 @@ def cmd_list(args, settings) -> int:
     for v in versions:
         aliases = ",".join(v.aliases) or "-"
         loss = v.metrics.get("final_loss")
+        if loss is None and "build.final_loss" in v.tags:  # registered by `ensure` from build_info.json
+            loss = float(v.tags["build.final_loss"])
         loss_text = f"final_loss={loss:.3f}" if loss is not None else ""
         print(f"{args.name} v{v.version:<3} [{aliases}] {v.path} {loss_text}")
     return 0

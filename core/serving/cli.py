@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 from pathlib import Path
@@ -103,6 +104,11 @@ def serve(args, settings) -> int:
     import uvicorn
 
     app = build_server(args, settings)
+    # Move the millions of objects torch/transformers created at start-up out of the garbage
+    # collector's view: otherwise every full collection rescans them and the HTTP layer's
+    # requests/s drops by half (measured on /health).
+    gc.collect()
+    gc.freeze()
     # SIGTERM / Ctrl-C: uvicorn stops accepting, lets responses finish, then the lifespan stops the engine.
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)

@@ -19,7 +19,7 @@ from core.serving.auth import Tenant, adapter_owner, may_use
 from core.serving.engine import Engine, Event, GenerationRequest, QueueFull, SamplingParams
 from core.serving.engine import ScoreRequest as EngineScoreRequest
 from core.serving.metrics import DEGRADED, REQUEST_LATENCY
-from core.serving.protocol import (AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse,
+from core.serving.protocol import (AssistantMessage, ChatChoice, ChatMessage, ChatCompletionRequest, ChatCompletionResponse,
                                    CompletionChoice, CompletionRequest, CompletionResponse, LabelScore,
                                    ModelCard, ModelList, SamplingFields, ScoreRequest, ScoreResponse,
                                    ServingError, Usage, new_id)
@@ -103,9 +103,7 @@ class OpenAIServing:
 
     async def chat(self, request: ChatCompletionRequest, tenant: Tenant, is_disconnected):
         adapter = self.resolve_model(request.model, tenant)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in request.messages]
-        prompt_ids = self._chat_ids(messages)
+        prompt_ids = self._chat_ids(request.messages)
         params = self._sampling(request, len(prompt_ids), param="messages")
         response_id = new_id("chatcmpl")
         if request.stream:
@@ -131,8 +129,10 @@ class OpenAIServing:
                                   choices=[CompletionChoice(text=text, finish_reason=event.finish_reason)],
                                   usage=_usage(event))
 
-    def _chat_ids(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def _chat_ids(self, messages: list[ChatMessage]) -> list[int]:
+        # OpenAI's newer "developer" role is the system prompt for our chat template.
+        plain = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+        text = self.tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def _sampling(self, request: SamplingFields, prompt_tokens: int, param: str) -> SamplingParams:
@@ -241,7 +241,7 @@ class OpenAIServing:
             raise ServingError(422, "Exactly one of 'prompt' or 'messages' is required.", param="prompt",
                                code="invalid_value")
         if request.messages is not None:
-            prompt_ids = self._chat_ids([{"role": m.role, "content": m.text()} for m in request.messages])
+            prompt_ids = self._chat_ids(request.messages)
         else:
             prompt_ids = self.tokenizer(request.prompt).input_ids
         if not prompt_ids:

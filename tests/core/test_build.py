@@ -146,6 +146,7 @@ def test_cli_ensure_build_info_list_generate(capsys, two_builds):
     assert main(["model", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [v["aliases"] for v in listed] == [["champion"]] and listed[0]["tags"]["origin"] == "found on disk"
+    assert listed[0]["tags"]["build.steps"] == str(STEPS)  # provenance kept from build_info.json
     assert main(["model", "generate", str(settings.default_model_dir), "Risk score", "--max-new-tokens", "3"]) == 0
     assert main(["model", "info", str(settings.home / "nowhere")]) == 2  # clean error, exit 2
 

@@ -55,9 +55,10 @@ def test_two_ray_workers_build_the_same_index_as_one_process(tmp_path, static_em
         tokens = [tokenize(t) for _, t in store.iter_chunk_texts(lo, hi)]
         ref = bm25s.BM25()
         ref.index(tokens, show_progress=False)
-        assert ref.vocab_dict == model.vocab_dict
-        for key in ("data", "indices", "indptr"):
-            assert np.array_equal(ref.scores[key], model.scores[key]), key
+        # Term ids depend on set order (hash seed) per process: compare term by term.
+        assert set(ref.vocab_dict) == set(model.vocab_dict)
+        for term in (t for t in ref.vocab_dict if t):  # "" is bm25s' placeholder, not a column
+            assert np.allclose(ref.get_scores([term]), model.get_scores([term])), term
     # And the same document is found first for a passage's own text (single segment vs Ray segments).
     text = store.passages([7])[7].text
     for cfg_name in ("single", "ray"):

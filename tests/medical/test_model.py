@@ -40,7 +40,7 @@ def test_train_command_under_torchrun_ddp(synth_cases, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "core.cli", "medical", "train", "--data", str(data), "--model", str(out),
            "--iterations", "2", "--samples", "1", "--patch", "32", "--channels", "8,16,32"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["world_size"] == 2 and meta["cases_per_rank"] == 1 and meta["iterations"] == 2

@@ -11,7 +11,12 @@ import pytest
 
 from apps.medical.ingest import scan_folder
 from apps.medical.postprocess import Finding, extract_findings
-from apps.medical.report import ReportConfig, make_report, template_report, verify_report
+from apps.medical.report import (
+    ReportConfig,
+    make_report,
+    template_report,
+    verify_report,
+)
 
 from .conftest import PLANTED, SMALL
 
@@ -112,9 +117,8 @@ def test_release_policy_regenerates_then_falls_back_and_records():
 
 def test_report_through_the_real_model_server(model_server):
     """The tiny untrained adapter writes free text: it is checked, and released only if it agrees."""
-    from core.client import ModelClient
-
     from apps.medical.llm import AdapterReporter
+    from core.client import ModelClient
 
     client = ModelClient(model_server.base_url, api_key=model_server.api_keys["medical"])
     out = make_report(FINDINGS, "Screening CT.", AdapterReporter(client, max_tokens=48), ReportConfig(time_budget_s=60))
@@ -178,9 +182,15 @@ def test_finetune_records_and_config(tmp_path):
         messages = json.loads(line)["messages"]
         assert [m["role"] for m in messages] == ["system", "user", "assistant"]
         user = messages[1]["content"]
-        findings = json.loads(user.split("Findings JSON: ", 1)[1].split("\n", 1)[0])
-        for f in findings:
-            f.setdefault("center_mm", [])
+        findings = []
+        for line in user.splitlines()[2:-1]:  # "<id>: <type>, <d> mm, <v> mm3, <hu> HU, <side> <zone>, image <n>"
+            ident, rest = line.split(": ", 1)
+            kind, d, v, hu, loc, image = rest.split(", ")
+            findings.append({"id": int(ident), "type": kind, "longest_diameter_mm": float(d.split()[0]),
+                             "volume_mm3": float(v.split()[0]), "mean_hu": float(hu.split()[0]),
+                             "side": loc.split()[0], "zone": loc.split()[1], "image_number": int(image.split()[1]),
+                             "center_mm": []})
+        assert len(findings) == int(user.splitlines()[1].split(": ")[1])
         history = user.split("Clinical history: ", 1)[1].split("\n", 1)[0]
         history = None if history == "not given" else history
         assert verify_report(messages[2]["content"], findings, history).ok

@@ -41,9 +41,10 @@ def test_concurrent_mixed_adapter_requests_share_batches_and_match_solo_answers(
 
 
 def _stream_lines(client, root, key, model, max_tokens=80):
+    # ignore_eos: the stream surely outlives what the test does meanwhile (an untrained model may stop).
     return client.stream("POST", f"{root}/v1/chat/completions", headers=auth(key), json={
         "model": model, "messages": [{"role": "user", "content": "Summarise the judgment."}],
-        "max_tokens": max_tokens, "temperature": 0, "stream": True})
+        "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True})
 
 
 def _has_text(line: str) -> bool:

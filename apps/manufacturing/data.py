@@ -79,15 +79,15 @@ def _where(source: str, kind: str, index: int) -> str:
 
 def parse_timestamps(values: pd.Series) -> pd.Series:
     """Epoch seconds (float) from ISO 8601 strings or epoch seconds; unparseable -> NaN."""
-    if pd.api.types.is_datetime64_any_dtype(values):
+    if pd.api.types.is_datetime64_any_dtype(values):  # a Parquet timestamp column
         ts = pd.to_datetime(values, utc=True)
-        return pd.Series((ts.astype("int64") / 1e9).where(ts.notna()), index=values.index, dtype=float)
+        return (ts - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
     numeric = pd.to_numeric(values, errors="coerce")
     out = numeric.astype(float)
     text_mask = numeric.isna() & values.notna()
     if text_mask.any():
         parsed = pd.to_datetime(values[text_mask].astype(str), utc=True, errors="coerce", format="ISO8601")
-        out[text_mask] = parsed.map(lambda t: t.timestamp() if pd.notna(t) else np.nan).astype(float)
+        out[text_mask] = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)  # NaT -> NaN
     return out
 
 

@@ -88,3 +88,13 @@ def test_validate_frame_keeps_unknown_sensor_as_nan():
     df = pd.DataFrame({"device_id": ["A"], "ts": [1767225600.0], "rpm": [1800.0]})
     clean, report = validate_frame(df, "mem", sensors=["rpm", "pressure"])
     assert np.isnan(clean["pressure"].iloc[0]) and report.missing_sensors == {"A": ["pressure"]}
+
+
+def test_parquet_timestamp_column_is_accepted(tmp_path):
+    df = pd.DataFrame({"device_id": ["A", "A"],
+                       "ts": pd.to_datetime(["2026-01-01T00:05:00Z", "2026-01-01T00:00:00Z"], utc=True),
+                       "rpm": [1800.0, 1790.0]})
+    path = tmp_path / "typed.parquet"
+    df.to_parquet(path)
+    frame, report = read_table(path)
+    assert frame.ts.tolist() == [1767225600.0, 1767225900.0] and report.out_of_order == 1

@@ -58,11 +58,15 @@ def build_server(args, settings):
     from core.serving.auth import TenantKeys
     from core.serving.engine import Engine, EngineConfig
     from core.serving.serving import DegradeState, OpenAIServing, ServingConfig
+    from shared.io import InputError
 
     torch.set_num_threads(max(1, args.threads))
-    keys = TenantKeys.load(args.api_keys_file)
     model_dir = args.model or settings.default_model_dir
+    if args.model is None and not Path(model_dir).exists():
+        raise InputError(f"{model_dir}: no model to serve yet; build it with `dsv model ensure` "
+                         "(or pass --model PATH)")
     adapters_dir = args.adapters_dir or settings.adapters_dir
+    keys = TenantKeys.load(args.api_keys_file)
     loaded = load_model(model_dir)
     model = loaded.model
     if args.quantize == "int8":
@@ -72,8 +76,7 @@ def build_server(args, settings):
     store = AdapterStore(model, adapters_dir, max_loaded=args.max_adapters, quantized=args.quantize == "int8",
                          registry_lookup=_registry_lookup(settings))
     engine = Engine(model, loaded.tokenizer, store, EngineConfig(
-        max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000.0, queue_size=args.queue_size,
-        max_loaded_adapters=args.max_adapters))
+        max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000.0, queue_size=args.queue_size))
     serving = OpenAIServing(
         engine, ServingConfig(base_name=args.served_model_name or Path(model_dir).name,
                               default_max_tokens=args.default_max_tokens),

@@ -47,7 +47,6 @@ class EngineConfig:
     max_wait_s: float = 0.01
     queue_size: int = 256
     max_score_rows: int = 256
-    max_loaded_adapters: int = 8
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,13 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from apps.finance.data import GeneratorConfig, columns_to_records, generate_columns  # noqa: E402
-from apps.finance.model import FastScorer, train_fast_scorer  # noqa: E402
-from apps.finance.pipeline import BatchScorer, dumps  # noqa: E402
-from apps.finance.service import ScorerConfig, run_scorer  # noqa: E402
-from apps.finance.stream import (ALL_TOPICS, GroupedBroker, TOPIC_SCORES, TOPIC_TX, make_consumer,  # noqa: E402
-                                 make_producer)
+from apps.finance.data import GeneratorConfig, columns_to_records, generate_columns
+from apps.finance.model import FastScorer, train_fast_scorer
+from apps.finance.pipeline import BatchScorer, dumps
+from apps.finance.service import ScorerConfig, run_scorer
+from apps.finance.stream import ALL_TOPICS, TOPIC_SCORES, TOPIC_TX, GroupedBroker, make_consumer, make_producer
 
 
 def produce_all(bootstrap: str, values: list[bytes], keys: list[bytes], client: str = "confluent",
@@ -87,7 +86,7 @@ def pipeline_only(model_path: Path, values: list[bytes], batch_size: int) -> dic
 
 def naive_run(bootstrap: str, model: FastScorer, values, keys) -> dict:
     """One message at a time: what a straightforward consumer loop would do."""
-    t0 = produce_all(bootstrap, values, keys)
+    produce_all(bootstrap, values, keys)
     consumer = make_consumer("confluent", bootstrap, f"bench-naive-{time.time_ns()}", [TOPIC_TX], 1)
     producer = make_producer("confluent", bootstrap, linger_ms=0)
     scorer = BatchScorer(model)

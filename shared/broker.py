@@ -5,7 +5,9 @@ embedded Kafka-protocol broker (PyPI ``noida-db``) started as a child process wi
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,9 +66,11 @@ class EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_file, "ab")
         self.process = subprocess.Popen(
-            [_noida_binary(), "start", "--data-dir", str(self.data_dir), "--only", "kafka",
-             "--kafka-port", str(self.port)],
+            self.command(),
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # `noida-db` is a Python wrapper that starts the real server as its child: give them a
+            # process group of their own so stop()/kill() reach the server, not just the wrapper.
+            start_new_session=True,
         )
         logf.close()
         try:
@@ -77,22 +81,45 @@ class EmbeddedBroker:
         log.info("embedded Kafka broker on %s (data in %s)", self.bootstrap, self.data_dir)
         return self
 
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
+        """SIGTERM the broker's process group (it flushes its data), SIGKILL what is left after ``timeout``."""
+        if self.process:
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                pass
+            self._wait_port_closed(timeout)
+            self._signal_group(signal.SIGKILL)
+            self.process.wait()
         self.process = None
 
     def kill(self) -> None:
-        """SIGKILL, for crash tests."""
+        """SIGKILL the whole broker process group, for crash tests."""
         if self.process:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+            self._wait_port_closed(5.0)
             self.process = None
+
+    def _wait_port_closed(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.05)
+
+    def command(self) -> list[str]:
+        """The broker's command line (for supervisors that run it themselves)."""
+        return [_noida_binary(), "start", "--data-dir", str(self.data_dir), "--only", "kafka",
+                "--kafka-port", str(self.port)]
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()

@@ -90,15 +90,14 @@ def plan_stack(settings: Settings, options: StackOptions, commands: set[tuple[st
     if bootstrap:
         say(f"kafka: using KAFKA_BOOTSTRAP={bootstrap} (no embedded broker)")
     else:
-        from shared.broker import _noida_binary, wait_for_kafka
+        from shared.broker import EmbeddedBroker, wait_for_kafka
 
         bootstrap = f"{options.host}:{options.kafka_port}"
         data_dir = settings.home / "kafka"
         data_dir.mkdir(parents=True, exist_ok=True)
         # Same command line as shared.broker.EmbeddedBroker, but supervised (restarted on crash).
         specs.append(ChildSpec(
-            "kafka", [_noida_binary(), "start", "--data-dir", str(data_dir), "--only", "kafka",
-                      "--kafka-port", str(options.kafka_port)],
+            "kafka", EmbeddedBroker(data_dir, port=options.kafka_port).command(),
             url=f"kafka://{bootstrap}", ready=lambda: _kafka_answers(bootstrap, wait_for_kafka),
             ready_timeout=60.0))
 

@@ -38,7 +38,7 @@ def evaluate(model_file: str, server: str, adapter: str, n: int, api_key: str | 
         probs = client.score(adapter, score_prompt(alert), ["fraud", "legit"])
         confirmed[i] = probs["fraud"] > probs["legit"]
     fast_only = (p >= fast.threshold).astype(float)
-    return {"data": f"synthetic held-out stream seed 303 drift 1.0, n={n}", "alerts": int(len(alerts)),
+    return {"data": f"synthetic held-out stream seed 303 drift 1.0, n={n}", "alerts": len(alerts),
             "adjudicated_per_s": round(len(alerts) / max(time.time() - t0, 1e-9), 1),
             "fast_tier_only": metrics(y, fast_only, 0.5),
             "two_tier": metrics(y, confirmed.astype(float), 0.5), "adapter": adapter}

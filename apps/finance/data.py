@@ -111,7 +111,7 @@ _TYPOLOGY_P_DRIFTED = np.array([0.15, 0.2, 0.25, 0.25, 0.15])  # mules and termi
 
 def _seasonal_times(rng: np.random.Generator, size: int, cfg: GeneratorConfig) -> np.ndarray:
     """Timestamps with a daily and weekly rhythm (sampled day x hour, uniform within the hour)."""
-    n_days = max(1, int(math.ceil(cfg.span_days)))
+    n_days = max(1, math.ceil(cfg.span_days))
     day_w = _WEEKDAY_WEIGHTS[(np.arange(n_days) + 3) % 7]  # 2026-01-01 is a Thursday
     joint = np.outer(day_w, _HOUR_WEIGHTS).ravel()
     cell = rng.choice(joint.size, size=size, p=joint / joint.sum())
@@ -146,7 +146,7 @@ def generate_columns(cfg: GeneratorConfig) -> dict[str, np.ndarray]:
     """Column-oriented generation (what ``generate`` wraps); fast enough for millions of rows."""
     rng = np.random.default_rng(cfg.seed)
     pop = _Population(rng, cfg)
-    n_fraud_target = int(round(cfg.n * cfg.fraud_rate))
+    n_fraud_target = round(cfg.n * cfg.fraud_rate)
     fraud = _fraud_episodes(rng, pop, cfg, n_fraud_target)
     n_legit = max(0, cfg.n - len(fraud["ts"]))
     legit = _legit(rng, pop, cfg, n_legit)
@@ -319,6 +319,5 @@ def write_jsonl_fast(path, cols: dict[str, np.ndarray], labelled: bool = True) -
     records = columns_to_records(cols, labelled)
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for start in range(0, len(records), 50_000):
-            fh.write("\n".join(dumps(r) for r in records[start:start + 50_000]) + "\n")
+        fh.writelines("\n".join(dumps(r) for r in records[start:start + 50_000]) + "\n" for start in range(0, len(records), 50_000))
     return len(records)

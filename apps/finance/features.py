@@ -14,7 +14,8 @@ they are visible from the next batch on; that is the one place where batch size 
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -93,11 +94,11 @@ class AccountState:
     first_device: np.ndarray = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
     last_type: np.ndarray = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
 
-    _FILL = {"last_ts": np.nan, "in_ts": np.nan, "var": 1.0, "last_country": -1, "home_country": -1,
+    _FILL: ClassVar[dict[str, float]] = {"last_ts": np.nan, "in_ts": np.nan, "var": 1.0, "last_country": -1, "home_country": -1,
              "last_device": -1, "first_device": -1, "last_type": -1}
 
     def ensure(self, size: int) -> None:
-        for name in self.__dataclass_fields__:
+        for name in (f.name for f in fields(self)):
             setattr(self, name, _grow(getattr(self, name), size, self._FILL.get(name, 0.0)))
 
 
@@ -110,7 +111,7 @@ class DeviceState:
     last_account: np.ndarray = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
 
     def ensure(self, size: int) -> None:
-        for name in self.__dataclass_fields__:
+        for name in (f.name for f in fields(self)):
             fill = np.nan if name == "last_ts" else (-1 if name == "last_account" else 0.0)
             setattr(self, name, _grow(getattr(self, name), size, fill))
 
@@ -225,7 +226,7 @@ class FeatureState:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
     @staticmethod
-    def loads(blob: bytes) -> "FeatureState":
+    def loads(blob: bytes) -> FeatureState:
         return pickle.loads(blob)
 
 

@@ -123,8 +123,8 @@ def run_adjudicator(cfg: AdjudicatorConfig, stop: threading.Event | None = None)
             if now - last_lag > 2.0:
                 try:
                     CONSUMER_LAG.labels("adjudicator").set(consumer.lag())
-                except Exception:  # broker restarting: lag is informative only
-                    pass
+                except Exception as exc:  # noqa: BLE001 - broker restarting: lag is informative only
+                    log.debug("lag unavailable: %s", exc)
                 last_lag = now
             if not msgs:
                 if not consumer.has_assignment():
@@ -138,7 +138,7 @@ def run_adjudicator(cfg: AdjudicatorConfig, stop: threading.Event | None = None)
             for m in msgs:
                 try:
                     alert = loads(m.value)
-                except Exception:
+                except ValueError:
                     log.warning("skipping an unreadable alert at %s/%d/%d", m.topic, m.partition, m.offset)
                     continue
                 row = adjudicate(client, alert, cfg.model, server_up)

@@ -39,7 +39,7 @@ class FastScorer:
         return Path(path)
 
     @staticmethod
-    def load(path: str | Path) -> "FastScorer":
+    def load(path: str | Path) -> FastScorer:
         path = Path(path)
         if not path.exists():
             raise InputError(f"{path}: no fast-tier model (run `dsv finance train` first)")
@@ -105,7 +105,7 @@ def metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
         "recall": round(float(recall_score(y, pred, zero_division=0)), 4),
         "f1": round(float(f1_score(y, pred, zero_division=0)), 4),
         "auprc": round(float(average_precision_score(y, p)) if y.any() else 0.0, 4),
-        "n": int(len(y)), "positives": int(y.sum()),
+        "n": len(y), "positives": int(y.sum()),
     }
 
 
@@ -121,7 +121,7 @@ def train_fast_scorer(cols: dict[str, np.ndarray], seed: int = 0, batch_size: in
     threshold = best_f1_threshold(y[cut:], p_val)
     validation = metrics(y[cut:], p_val, threshold)
     final = fit_classifier(X, y, seed, max_iter=max_iter)
-    return FastScorer(final, threshold, meta={"validation": validation, "n_train": int(len(y)),
+    return FastScorer(final, threshold, meta={"validation": validation, "n_train": len(y),
                                               "fraud_rate": float(y.mean()), "seed": seed})
 
 

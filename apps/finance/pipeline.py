@@ -27,8 +27,15 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
     loads = _json.loads
 
-from apps.finance.data import (CHANNELS, MAX_AMOUNT, MAX_STRING_LEN, REQUIRED_FIELDS, TX_TYPES, ContractError,
-                               validate_transaction)
+from apps.finance.data import (
+    CHANNELS,
+    MAX_AMOUNT,
+    MAX_STRING_LEN,
+    REQUIRED_FIELDS,
+    TX_TYPES,
+    ContractError,
+    validate_transaction,
+)
 from apps.finance.features import FeatureState
 from apps.finance.model import FastScorer, reasons_for
 
@@ -52,12 +59,12 @@ class ScoredBatch:
 def _decode(raws: list[bytes]) -> tuple[list[Any], dict[int, str]]:
     try:
         return [loads(r) for r in raws], {}
-    except Exception:  # at least one is not JSON: decode one by one to find which
+    except (ValueError, TypeError):  # orjson's and json's decode errors are ValueErrors  # at least one is not JSON: decode one by one to find which
         objs, bad = [], {}
         for i, r in enumerate(raws):
             try:
                 objs.append(loads(r))
-            except Exception as exc:
+            except (ValueError, TypeError) as exc:
                 objs.append(None)
                 bad[i] = f"not valid JSON ({str(exc)[:80]})"
         return objs, bad

@@ -17,7 +17,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from apps.finance.pipeline import BatchScorer, dumps
-from apps.finance.stream import (TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, make_consumer, make_producer)
+from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
 def _report(consumer, sink, stats: ScorerStats, n: int, seconds: float) -> None:
     try:
         lag = consumer.lag()
-    except Exception as exc:  # the broker may be restarting; lag is only informative
+    except Exception as exc:  # noqa: BLE001 - the broker may be restarting; lag is only informative
         log.debug("lag unavailable: %s", exc)
         lag = -1
     rate = n / seconds if seconds > 0 else 0.0
@@ -184,7 +184,7 @@ def produce_file(path: Path, bootstrap: str, client: str = "confluent", rate: fl
                             tx.pop(k, None)
                         value = dumps(tx)
                     key = str(tx.get("account", "")).encode()[:128] or None
-            except Exception:
+            except ValueError:
                 pass  # a malformed line is sent as-is: the scorer routes it to the DLQ
             producer.send(TOPIC_TX, value, key)
             sent += 1

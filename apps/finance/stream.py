@@ -11,9 +11,10 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -253,68 +254,8 @@ def make_producer(client: str, bootstrap: str, linger_ms: int = 5) -> Producer:
 
 # -- the broker -------------------------------------------------------------------------------------
 
-class GroupedBroker:
-    """``shared.broker.EmbeddedBroker`` whose stop/kill reach the whole process group.
-
-    ``noida-db start`` forks a child that keeps serving after its parent is terminated, so stopping only
-    the parent leaks a live broker (and a "restart" on the same port silently talks to the old one).
-    Starting it in its own session and signalling the group stops both.
-    """
-
-    def __init__(self, data_dir, port: int | None = None):
-        from shared.broker import EmbeddedBroker
-
-        self._inner = EmbeddedBroker(data_dir, port=port)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def start(self, timeout: float = 30.0) -> "GroupedBroker":
-        import subprocess
-
-        from shared.broker import _noida_binary, wait_for_kafka
-
-        b = self._inner
-        b.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(b.log_file, "ab") as logf:
-            b.process = subprocess.Popen(
-                [_noida_binary(), "start", "--data-dir", str(b.data_dir), "--only", "kafka",
-                 "--kafka-port", str(b.port)],
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            wait_for_kafka(b.bootstrap, timeout)
-        except TimeoutError:
-            self.stop()
-            raise
-        return self
-
-    def _signal(self, sig) -> None:
-        import os
-
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._inner.process.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to the group (wrapper script and server), wait for the port to close, then SIGKILL
-        whatever is left."""
-        import signal
-
-        proc = self._inner.process
-        if proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        wait_until(lambda: not _port_open(self._inner.bootstrap), timeout, 0.05)
-        self._signal(signal.SIGKILL)
-        proc.wait()
-        self._inner.process = None
-
-    def kill(self) -> None:
-        import signal
-
-        if self._inner.process:
-            self._signal(signal.SIGKILL)
-            self._inner.process.wait()
-            self._inner.process = None
+# The embedded broker is shared.broker.EmbeddedBroker (its stop/kill reach the whole process group).
+from shared.broker import EmbeddedBroker  # noqa: E402
 
 
 def _port_open(bootstrap: str) -> bool:
@@ -343,7 +284,7 @@ def kafka_bootstrap(settings, partitions: int = 4) -> Iterator[str]:
         log.info("using the embedded broker already running at %s", bootstrap)
         yield bootstrap
         return
-    broker = GroupedBroker(data_dir)
+    broker = EmbeddedBroker(data_dir)
     broker.start()
     address_file.write_text(broker.bootstrap)
     try:

@@ -14,9 +14,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 # Split after the terminator (and its following space) without consuming anything: "".join() == text.
 _SENTENCE_END = re.compile(r"(?<=[。！？；\n])|(?<=[.!?;]\s)")
 EN_STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was were which with "
-    "shall not be any such other where".split())
-ZH_STOPWORDS = frozenset("的 了 和 是 在 或者 以及 及 与 对 等 其 之 为 由 应当 本".split())
+    ["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "which", "with", "shall", "not", "be", "any", "such", "other", "where"])
+ZH_STOPWORDS = frozenset(["的", "了", "和", "是", "在", "或者", "以及", "及", "与", "对", "等", "其", "之", "为", "由", "应当", "本"])
 
 
 @functools.lru_cache(maxsize=1)

@@ -156,7 +156,7 @@ class MiniLMReranker:
         from apps.legal.embedders import MiniLMEmbedder
 
         self.embedder = MiniLMEmbedder(max_chars=400)  # ~128 word pieces: the head of each passage
-        self.embedder.model  # load weights now, not on the first query
+        _ = self.embedder.model  # load weights now, not on the first query
 
     def run(self, query: str, hits: list[Hit], top_k: int | None = None) -> dict:
         top_k = top_k or self.top_k

@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `streamlit run` does not install the repo
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from apps.legal.config import default_config  # noqa: E402
-from shared.settings import load_settings  # noqa: E402
+from apps.legal.config import default_config
+from shared.settings import load_settings
 
 
 @st.cache_resource

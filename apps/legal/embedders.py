@@ -103,7 +103,7 @@ class StaticEmbedder:
             (tmp / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "StaticEmbedder":
+    def load(cls, directory: str | Path) -> StaticEmbedder:
         directory = Path(directory)
         vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
         return cls(vocab=vocab, table=np.load(directory / "table.npy"))

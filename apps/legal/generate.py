@@ -56,14 +56,14 @@ ZH_CASE_TYPES = {
 EN_CASE_TYPES = {
     "data protection": (("GDPR",), ["unlawful processing of personal data", "refusal of a data subject access request",
                                     "a personal data breach", "direct marketing without consent"],
-                        "On {date} the claimant {a} complained that the defendant {b} was responsible for {cause}. "
-                        "The claimant sought damages of EUR {amt}.",
+                        ("On {date} the claimant {a} complained that the defendant {b} was responsible for {cause}. "
+                         "The claimant sought damages of EUR {amt}."),
                         "The court ordered {b} to pay EUR {amt} to {a} and to bring its processing into compliance."),
     "artificial intelligence": (("AI Act",), ["deployment of a high-risk AI system without conformity assessment",
                                               "a prohibited biometric categorisation practice",
                                               "missing transparency information for a chatbot"],
-                                "On {date} the authority found that {b} was engaged in {cause}; {a} challenged the "
-                                "resulting fine of EUR {amt}.",
+                                ("On {date} the authority found that {b} was engaged in {cause}; {a} challenged the "
+                                 "resulting fine of EUR {amt}."),
                                 "The court upheld the decision against {b} in part and reduced the fine to EUR {fine}."),
     "cybersecurity": (("NIS2", "CRA", "DORA"), ["failure to report a significant incident",
                                                  "a product placed on the market with known exploitable vulnerabilities",
@@ -142,8 +142,8 @@ def iter_judgments(cfg: GeneratorConfig) -> Iterator[dict]:
                 cited = [pool[picks[i, 0] % len(pool)]]
                 if second[i]:
                     cited.append(pool[picks[i, 1] % len(pool)])
-                slots = dict(a=a, b=b, cause=c, amt=amt, date=f"{date.year}年{date.month}月{date.day}日",
-                             city=city, years=int(years[i]), fine=amt // 10)
+                slots = {"a": a, "b": b, "cause": c, "amt": amt, "date": f"{date.year}年{date.month}月{date.day}日",
+                         "city": city, "years": int(years[i]), "fine": amt // 10}
                 reasoning = "；".join(f"{s.key}规定：“{_quote(s)}”" for s in cited)
                 court = city + ZH_COURT_KIND[n_i[0] % len(ZH_COURT_KIND)]
                 text = (f"{court}\n{kind}判决书（合成）\n原告：{a}。被告：{b}。\n经审理查明：{facts_t.format(**slots)}\n"
@@ -160,7 +160,7 @@ def iter_judgments(cfg: GeneratorConfig) -> Iterator[dict]:
                 cited = [pool[picks[i, 0] % len(pool)]]
                 if second[i]:
                     cited.append(pool[(picks[i, 0] // 7) % len(pool)])
-                slots = dict(a=a, b=b, cause=c, amt=amt, date=date.isoformat(), fine=amt // 2)
+                slots = {"a": a, "b": b, "cause": c, "amt": amt, "date": date.isoformat(), "fine": amt // 2}
                 reasoning = " ".join(f"{s.key} provides: \"{_quote(s)}\"" for s in cited)
                 court = EN_COURTS[n_i[0] % len(EN_COURTS)]
                 text = (f"{court}. Judgment (synthetic), {kind}.\nParties: {a} (claimant) v {b} (defendant).\n"

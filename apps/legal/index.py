@@ -9,7 +9,6 @@ may read (so disallowed vectors are never candidates), and bm25s gets the same m
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -32,7 +31,7 @@ class IndexPlan:
     train_size: int = 0
 
     @classmethod
-    def parse(cls, factory: str) -> "IndexPlan":
+    def parse(cls, factory: str) -> IndexPlan:
         """An explicit FAISS factory string, e.g. "Flat" or "IVF64,SQ8"."""
         m = re.match(r"^IVF(\d+),", factory)
         if factory == "Flat":
@@ -43,7 +42,7 @@ class IndexPlan:
         return cls(factory, nlist, 50 * nlist)
 
     @classmethod
-    def for_size(cls, expected: int) -> "IndexPlan":
+    def for_size(cls, expected: int) -> IndexPlan:
         if expected < FLAT_LIMIT:
             return cls("Flat")
         # ~4*sqrt(N) lists (power of two, 256..8192); 39 training points per list is FAISS's minimum.

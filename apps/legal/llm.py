@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from apps.legal.answer import VerifiedAnswer, build_messages, extractive_answer, verify_citations
+from apps.legal.answer import (
+    VerifiedAnswer,
+    build_messages,
+    extractive_answer,
+    verify_citations,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from apps.legal.components import (AccessFilter, BM25Retriever, DenseRetriever, MiniLMReranker, PassageFetcher,
-                                   ReciprocalRankFusion)
+from apps.legal.components import (
+    AccessFilter,
+    BM25Retriever,
+    DenseRetriever,
+    MiniLMReranker,
+    PassageFetcher,
+    ReciprocalRankFusion,
+)
 from apps.legal.config import LegalConfig
 
 

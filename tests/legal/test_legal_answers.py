@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from apps.legal.answer import NEUTRALISED, SYSTEM_PROMPT, build_messages, extractive_answer, neutralise, verify_citations
+from apps.legal.answer import (
+    NEUTRALISED,
+    SYSTEM_PROMPT,
+    build_messages,
+    extractive_answer,
+    neutralise,
+    verify_citations,
+)
 from apps.legal.components import Hit
 from apps.legal.llm import LegalAnswerer
 from apps.legal.pipeline import RetrievalMode, Retriever
-
-from .conftest import INJECTION
 
 
 def _hits():

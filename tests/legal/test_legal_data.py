@@ -6,7 +6,12 @@ import subprocess
 import sys
 
 from apps.legal.data import ValidationReport, iter_corpus
-from apps.legal.generate import GeneratorConfig, iter_judgments, make_questions, write_corpus
+from apps.legal.generate import (
+    GeneratorConfig,
+    iter_judgments,
+    make_questions,
+    write_corpus,
+)
 from apps.legal.statutes import find_citations, load_statutes, lookup
 
 from .conftest import write_jsonl
@@ -73,11 +78,11 @@ def test_cli_ingest_reports_bad_lines_and_missing_file(tmp_path, static_embedder
     with open(path, "a") as fh:
         fh.write('{"id": "broken"\n')
     cmd = [sys.executable, "-m", "core.cli", "legal", "ingest", str(path), "--kb", str(kb), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"{path}:4:" in proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["added_docs"] == 3 and summary["malformed"] == 1
-    missing = subprocess.run(cmd[:5] + [str(tmp_path / "nope.jsonl"), "--kb", str(kb)], capture_output=True,
+    missing = subprocess.run(cmd[:5] + [str(tmp_path / "nope.jsonl"), "--kb", str(kb)], check=False, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 2 and "file not found" in missing.stderr

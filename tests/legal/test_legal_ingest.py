@@ -1,7 +1,6 @@
 """Crash-safe incremental ingest: a real `dsv legal ingest` subprocess is SIGKILLed mid-way and re-run."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -87,6 +86,6 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     assert isinstance(faiss.downcast_index(index.index), faiss.IndexIVFScalarQuantizer)
     allowed = np.zeros(index.ntotal, dtype=bool)
     allowed[::7] = True
-    scores, ids = index.search(np.ones((1, 384), np.float32) / np.sqrt(384), 50, allowed=allowed, nprobe=16)
+    _, ids = index.search(np.ones((1, 384), np.float32) / np.sqrt(384), 50, allowed=allowed, nprobe=16)
     found = ids[0][ids[0] >= 0]
     assert len(found) == 50 and allowed[found].all()

@@ -87,6 +87,8 @@ def test_verification_accepts_the_template_and_catches_each_kind_of_error():
         "reference": "Nodule 3 measures 4.2 mm. Two nodules.",
         "invented number": "Two nodules, 8.4 mm and 4.2 mm, Lung-RADS 17.",
         "denial": "No nodules. Nodule 1 is 8.4 mm.",
+        "incomplete": "Two pulmonary nodules, the largest 8.4 mm.",
+        "says nothing": "supervisory with score 1 ( ( ( breach",
     }
     for kind, report in bad.items():
         assert not verify_report(report, FINDINGS).ok, kind

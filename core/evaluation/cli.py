@@ -104,4 +104,22 @@ def _promote(args, settings) -> int:
     print(json.dumps(decision.to_json()) if args.json else decision.report())
     if not decision.promoted:
         print("refused: both BLEU-4 and ROUGE-L must improve on the champion", file=sys.stderr)
-    return 0 if decision.promoted else 1
+        return 1
+    _tell_running_server(settings, args.name)
+    return 0
+
+
+def _tell_running_server(settings, name: str) -> None:
+    """The new champion's files are in place; a running server keeps its loaded copy until told."""
+    from core.client import ModelClient, ModelRequestError, ModelUnavailable
+
+    client = ModelClient(settings.server_url, settings.api_key, timeout=10.0, max_retries=0)
+    if not client.available():
+        print(f"no model server at {settings.server_url}: it will load the champion when it starts")
+        return
+    try:
+        client.reload_adapter(name)
+        print(f"model server at {settings.server_url} reloaded adapter {name!r}")
+    except (ModelRequestError, ModelUnavailable) as exc:
+        print(f"warning: could not reload {name!r} on {settings.server_url} ({exc}); "
+              f"call POST /admin/adapters/{name}/reload with an admin key", file=sys.stderr)

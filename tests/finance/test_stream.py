@@ -111,20 +111,16 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(broker, fin_model, capsys)
 
 
 def test_broker_restart_mid_stream(broker, fin_model):
-    from shared.broker import EmbeddedBroker
-
     records = synthetic_records(4000, seed=14)
     produce_records(broker.bootstrap, TOPIC_TX, records[:2000])
     stop, thread, _ = _start_scorer_thread(ScorerConfig(
         broker.bootstrap, fin_model, group=unique("restart"), batch_size=250, instance_id="scorer-0"))
     try:
         assert wait_until(lambda: topic_size(broker.bootstrap, TOPIC_SCORES) >= 500, 60, 0.05)
-        port, data_dir = broker.port, broker.data_dir
         broker.stop()
         assert not _port_open(broker.bootstrap), "the broker must really be down"
         time.sleep(2)
-        restarted = EmbeddedBroker(data_dir, port=port).start()
-        broker._inner.process = restarted.process  # the fixture stops whatever runs now
+        broker.start()  # same port, same data directory
         produce_records(broker.bootstrap, TOPIC_TX, records[2000:])
         scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records}, timeout_s=60)
     finally:

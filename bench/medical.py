@@ -1,6 +1,6 @@
 """Medical benchmark: training time per iteration, inference and report time per case, evaluation figures.
 
-All data is SYNTHETIC (``apps/medical/synth.py``): training cases use seed 1, held-out cases seed 2.
+All data is SYNTHETIC (``apps/medical/data.py``): training cases use seed 1, held-out cases seed 2.
 Baselines measured in the same run, reported as ratios:
   * detection: a classic HU-threshold candidate detector (smoothed HU > -500, components of 8-15,000 mm3
     scored by compactness) evaluated with the same FROC/CPM code as the UNet;
@@ -150,12 +150,12 @@ def main() -> None:
     torch.set_num_threads(1)
     from apps.medical.evaluation import EvalConfig, evaluate_case, summarise
     from apps.medical.model import ModelConfig, TrainConfig, load_checkpoint, train
-    from apps.medical.synth import generate_cases
+    from apps.medical.data import generate_cases
 
     work = Path(args.work)
     if not (work / "train" / "manifest.json").exists():
         generate_cases(work / "train", args.train_cases, seed=1)
-    from apps.medical.synth import SynthConfig
+    from apps.medical.data import SynthConfig
 
     eval_dir = work / ("eval_small" if args.small_boost else "eval")
     if not (eval_dir / "manifest.json").exists():

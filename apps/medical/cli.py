@@ -16,7 +16,7 @@ def _model_path(args, settings) -> Path:
 
 
 def cmd_synth(args, settings) -> int:
-    from .synth import SynthConfig, generate_cases
+    from .data import SynthConfig, generate_cases
 
     cfg = SynthConfig(small_nodule_boost=args.small_boost)
     records = generate_cases(Path(args.out), args.cases, args.seed, cfg)

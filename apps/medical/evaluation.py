@@ -142,7 +142,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from shared.io import write_text_atomic
 
     from .model import load_checkpoint
-    from .synth import generate_cases
+    from .data import generate_cases
 
     torch.set_num_threads(1)
     net, model_cfg = load_checkpoint(cfg.model_path)

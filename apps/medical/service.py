@@ -53,7 +53,7 @@ def ensure_model(cfg: ServiceConfig) -> None:
     if cfg.model_path.exists():
         return
     from .model import ModelConfig, TrainConfig, train
-    from .synth import generate_cases
+    from .data import generate_cases
 
     log.info("no model at %s: synthesising %d training cases and training %d iterations",
              cfg.model_path, cfg.train_cases, cfg.train_iterations)
@@ -70,7 +70,7 @@ def ensure_demo_study(cfg: ServiceConfig) -> None:
     cfg.inbox.mkdir(parents=True, exist_ok=True)
     if any(cfg.inbox.iterdir()) or (cfg.outputs.exists() and any(cfg.outputs.glob("*/findings.json"))):
         return
-    from .synth import generate_case
+    from .data import generate_case
 
     staging = cfg.app_dir / "demo"
     truth = generate_case(staging, "demo-study", cfg.demo_seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.medical.synth import SynthConfig
+from apps.medical.data import SynthConfig
 
 # Small enough for 2 shared cores: 64x64 slices, 40 mm of chest.
 SMALL = SynthConfig(rows=64, cols=64, extent_z_mm=40.0, pixel_spacing_mm=(1.2, 1.5),
@@ -15,7 +15,7 @@ PLANTED = {"PatientName": "Plantedname^Johanna", "PatientID": "PID-99887766",
 
 @pytest.fixture(scope="session")
 def synth_cases(tmp_path_factory):
-    from apps.medical.synth import generate_cases
+    from apps.medical.data import generate_cases
 
     out = tmp_path_factory.mktemp("med_synth")
     records = generate_cases(out, 2, seed=11, config=SMALL, progress=False)

@@ -135,7 +135,7 @@ def test_segment_command_writes_no_identifier_anywhere(tmp_path, tiny_medical_mo
     """Plant identifiers in the headers and the history; grep every file written and every log line."""
     import dataclasses
 
-    from apps.medical.synth import generate_case
+    from apps.medical.data import generate_case
     from core.cli import main
 
     home = tmp_path / "home"

@@ -148,6 +148,10 @@ def train(cfg: TrainConfig) -> dict:
     if world > 1:
         import torch.distributed as dist
 
+        # Free the DDP wrapper while the process group is still registered. Otherwise its Reducer holds
+        # the last reference to the group, whose destructor then runs when this frame returns, with the
+        # GIL held, and joins a gloo worker thread that is waiting for the GIL: a deadlock seen in CI.
+        del model
         dist.barrier()
         dist.destroy_process_group()
     return summary

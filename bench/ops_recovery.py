@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.broker import _noida_binary, free_port, wait_for_kafka  # noqa: E402
+from shared.broker import EmbeddedBroker, free_port, wait_for_kafka  # noqa: E402
 from shared.supervisor import ChildSpec, RestartPolicy, Supervisor  # noqa: E402
 
 
@@ -37,8 +37,7 @@ def answers(bootstrap: str) -> bool:
 def one_round(tmp: Path, policy: RestartPolicy) -> dict[str, float]:
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
-    spec = ChildSpec("kafka", [_noida_binary(), "start", "--data-dir", str(tmp / "kafka"), "--only", "kafka",
-                               "--kafka-port", str(port)], ready=lambda: answers(bootstrap))
+    spec = ChildSpec("kafka", EmbeddedBroker(tmp / "kafka", port=port).command(), ready=lambda: answers(bootstrap))
     sup = Supervisor([spec], tmp / "state", policy=policy, stop_grace=10)
     t0 = time.perf_counter()
     sup.start()

@@ -25,8 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from shared.net import free_port  # noqa: E402  (after the path insert)
 
 PROMPTS = [
     "The transaction was flagged because", "CT shows a 6 mm solid nodule in", "Bearing vibration RMS has",
@@ -98,9 +98,7 @@ def baseline_generate(model_dir: Path, requests: int, max_tokens: int) -> dict:
 
 class Server:
     def __init__(self, model_dir: Path, *extra: str):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("DSV_API_KEYS", None)
@@ -259,7 +257,6 @@ def int8_comparison(model_dir: Path, max_tokens: int) -> dict:
     top1_agree = sum(int((a == b).sum()) for a, b in zip(top_fp32, top_int8)) / positions
     exact = sum(bool(torch.equal(a, b)) for a, b in zip(out_fp32, out_int8)) / len(prompts)
     token_agree = sum(int((a == b).sum()) for a, b in zip(out_fp32, out_int8)) / sum(len(a) for a in out_fp32)
-    size = lambda m: sum(p.numel() * p.element_size() for p in m.state_dict().values() if hasattr(p, "numel"))  # noqa: E731
     return {"prompts": len(prompts), "fp32_s": t_fp32, "int8_s": t_int8, "speedup": t_fp32 / t_int8,
             "next_token_top1_agreement": top1_agree, "greedy_exact_match": exact,
             "greedy_token_agreement": token_agree,

@@ -8,20 +8,14 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 
+from shared.net import free_port, port_open
+
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> None:
@@ -110,10 +104,7 @@ class EmbeddedBroker:
 
     def _wait_port_closed(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
+        while time.monotonic() < deadline and port_open(self.bootstrap, timeout=0.2):
             time.sleep(0.05)
 
     def command(self) -> list[str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.net import free_port
+
 SAMPLE_TEXTS = [
     "The transaction was flagged because the amount was far above the account's usual spending.",
     "该交易因金额远高于账户日常消费水平而被标记为可疑。",
@@ -105,7 +107,6 @@ def start_model_server(tmp_dir, model_dir, *, adapters=SERVER_ADAPTERS, extra_ar
     """Start ``python -m core.cli serve`` and wait for /ready; returns a ``ModelServerProcess``."""
     import os
     import secrets
-    import socket
     import subprocess
     import sys
     import time
@@ -123,9 +124,7 @@ def start_model_server(tmp_dir, model_dir, *, adapters=SERVER_ADAPTERS, extra_ar
     api_keys = {tenant: f"sk-{tenant}-{secrets.token_hex(8)}" for tenant in SERVER_TENANTS}
     keys_file = tmp_dir / "api_keys.txt"
     keys_file.write_text("".join(f"{key}:{tenant}\n" for tenant, key in api_keys.items()))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log_path = tmp_dir / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("DSV_API_KEYS", None)

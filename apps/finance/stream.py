@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,7 +194,11 @@ class KafkaPythonConsumer:
         return bool(self._c.assignment())
 
     def commit(self) -> None:
-        from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
+        from kafka.errors import (
+            CommitFailedError,
+            IllegalGenerationError,
+            RebalanceInProgressError,
+        )
 
         try:
             self._c.commit()
@@ -256,13 +259,7 @@ def make_producer(client: str, bootstrap: str, linger_ms: int = 5) -> Producer:
 
 # The embedded broker is shared.broker.EmbeddedBroker (its stop/kill reach the whole process group).
 from shared.broker import EmbeddedBroker  # noqa: E402
-
-
-def _port_open(bootstrap: str) -> bool:
-    host, port = bootstrap.rsplit(":", 1)
-    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
-        return True
-    return False
+from shared.net import port_open  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -278,7 +275,7 @@ def kafka_bootstrap(settings, partitions: int = 4) -> Iterator[str]:
         return
     data_dir = Path(settings.home) / "kafka"
     address_file = data_dir / "bootstrap"
-    if address_file.exists() and _port_open(address_file.read_text().strip()):
+    if address_file.exists() and port_open(address_file.read_text().strip()):
         bootstrap = address_file.read_text().strip()
         ensure_topics(bootstrap, {t: partitions for t in ALL_TOPICS})
         log.info("using the embedded broker already running at %s", bootstrap)

@@ -10,7 +10,14 @@ import pytest
 
 from apps.finance.pipeline import dumps
 from apps.finance.service import ScorerConfig, run_scorer
-from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, _port_open, wait_until
+from apps.finance.stream import (
+    TOPIC_ALERTS,
+    TOPIC_DLQ,
+    TOPIC_SCORES,
+    TOPIC_TX,
+    wait_until,
+)
+from shared.net import port_open
 from tests.finance.conftest import (
     produce,
     produce_records,
@@ -118,7 +125,7 @@ def test_broker_restart_mid_stream(broker, fin_model):
     try:
         assert wait_until(lambda: topic_size(broker.bootstrap, TOPIC_SCORES) >= 500, 60, 0.05)
         broker.stop()
-        assert not _port_open(broker.bootstrap), "the broker must really be down"
+        assert not port_open(broker.bootstrap), "the broker must really be down"
         time.sleep(2)
         broker.start()  # same port, same data directory
         produce_records(broker.bootstrap, TOPIC_TX, records[2000:])

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 
 from apps.legal.review import ContractReviewer, evaluate_review, split_clauses
 from apps.legal.statutes import lookup
+from shared.net import free_port
 
 CONTRACT = """1. The Supplier shall not be liable for any damage, including death or personal injury.
 2. This agreement is governed by the laws of Ireland.
@@ -68,18 +68,12 @@ def test_export_training_data_is_valid_chat_jsonl(legal_kb, tmp_path):
     assert "[" in first["messages"][2]["content"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_service_prepares_a_corpus_serves_and_stops_on_sigterm(tmp_path, static_embedder_dir):
     home = tmp_path / "home"
     kb = home / "legal" / "kb"
     kb.mkdir(parents=True)
     shutil.copytree(static_embedder_dir[0], kb / "static")  # skip the MiniLM distillation step
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DSV_HOME": str(home), "DSV_SERVER_URL": "http://127.0.0.1:9/v1"}
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "legal", "service", "--port", str(port), "--n", "120"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -5,6 +5,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.net import free_port
+
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
@@ -49,7 +51,6 @@ class InProcessServer:
 def small_server(tmp_path_factory, tiny_model_dir):
     """int8 weights, one row per batch and a 2-deep queue: makes 429 and degrade mode easy to reach."""
     import argparse
-    import socket
     import threading
     import time
 
@@ -70,9 +71,7 @@ def small_server(tmp_path_factory, tiny_model_dir):
                               "--queue-size", "2", "--max-wait-ms", "0",
                               "--served-model-name", "deepseek-tiny"])
     app = cli.build_server(args, load_settings())
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

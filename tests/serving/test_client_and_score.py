@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-import socket
 import time
 
 import pytest
 
 from core.client import ModelClient, ModelRequestError, ModelUnavailable
+from shared.net import free_port
 
 
 @pytest.fixture
@@ -48,9 +48,7 @@ def test_request_errors_are_not_unavailability(client):
 
 
 def test_unreachable_server_is_model_unavailable():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # nothing listens there
     dead = ModelClient(f"http://127.0.0.1:{port}/v1", "key", timeout=2.0, max_retries=0)
     start = time.monotonic()
     assert dead.available() is False

@@ -7,11 +7,18 @@ through ``/v1/completions`` with ``max_tokens=1`` and ``logprobs``, matching eac
 
 Every failure to reach the server (refused connection, timeout, overload, 5xx) becomes
 ``ModelUnavailable`` so that apps can switch to their clearly-labelled fallback in one ``except``.
+Two things keep that fallback fast when the server is down: connecting has its own short timeout
+(a dead host must not cost the 60 s read timeout meant for long generations), and after a failure the
+client stays "open" for ``cooldown_s`` seconds, answering ``ModelUnavailable`` at once instead of
+paying the connect/retry cost again on every record of a stream (a circuit breaker).
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import httpx
 
@@ -34,17 +41,23 @@ class ModelRequestError(RuntimeError):
 class ModelClient:
     """A small, thread-safe client for the OpenAI-compatible model server."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0, max_retries: int = 2):
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0, max_retries: int = 2,
+                 connect_timeout: float = 3.0, cooldown_s: float = 10.0):
         import openai
 
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self.cooldown_s = cooldown_s
+        self._down_until = 0.0  # monotonic time before which calls fail fast (0: closed breaker)
+        self._down_reason = ""
+        self._lock = threading.Lock()
+        limits = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
         # The openai client insists on a key; servers without auth (vLLM default) ignore it.
         self._openai = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY",
-                                     timeout=timeout, max_retries=max_retries)
+                                     timeout=limits, max_retries=max_retries)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=timeout, headers=headers)
+        self._http = httpx.Client(timeout=limits, headers=headers)
 
     @classmethod
     def from_settings(cls, settings) -> "ModelClient":
@@ -55,7 +68,7 @@ class ModelClient:
     def chat(self, model: str, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
              seed: int | None = None, stop: list[str] | None = None) -> str:
         """Send a chat completion and return the assistant's text."""
-        with self._translate_errors():
+        with self._guarded(), self._translate_errors():
             response = self._openai.chat.completions.create(
                 model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
                 seed=seed, stop=stop,
@@ -64,15 +77,23 @@ class ModelClient:
 
     def models(self) -> list[str]:
         """Model ids the server offers: the base and every adapter."""
-        with self._translate_errors():
+        with self._guarded(), self._translate_errors():
             return [m.id for m in self._openai.models.list()]
 
     def available(self, timeout: float = 2.0) -> bool:
         """True when the server answers ``/health`` within ``timeout`` seconds."""
         try:
-            return self._http.get(f"{self._root_url}/health", timeout=timeout).status_code == 200
+            healthy = self._http.get(f"{self._root_url}/health", timeout=timeout).status_code == 200
         except httpx.HTTPError:
             return False
+        if healthy:
+            self.reset()
+        return healthy
+
+    def reset(self) -> None:
+        """Close the breaker: the next call goes to the server even inside the cool-down."""
+        with self._lock:
+            self._down_until, self._down_reason = 0.0, ""
 
     # -- scoring ----------------------------------------------------------------------------------
 
@@ -80,11 +101,12 @@ class ModelClient:
         """Probability of each label as the continuation of ``prompt`` (normalised over ``labels``)."""
         if not labels:
             raise ValueError("labels: at least one label is required")
-        response = self._post(f"{self.base_url}/score", {"model": model, "prompt": prompt, "labels": labels})
-        if response.status_code in (404, 405) and _is_missing_route(response):
-            return self._score_by_completion(model, prompt, labels)
-        self._raise_for_status(response)
-        return {item["label"]: float(item["probability"]) for item in response.json()["data"]}
+        with self._guarded():
+            response = self._post(f"{self.base_url}/score", {"model": model, "prompt": prompt, "labels": labels})
+            if response.status_code in (404, 405) and _is_missing_route(response):
+                return self._score_by_completion(model, prompt, labels)
+            self._raise_for_status(response)
+            return {item["label"]: float(item["probability"]) for item in response.json()["data"]}
 
     def _score_by_completion(self, model: str, prompt: str, labels: list[str]) -> dict[str, float]:
         """Fallback for servers without /v1/score (vLLM): next-token logprobs over label first tokens.
@@ -105,9 +127,29 @@ class ModelClient:
 
     def reload_adapter(self, name: str) -> None:
         """Make a running ``dsv serve`` re-read adapter ``name`` from disk (needs an admin key)."""
-        self._raise_for_status(self._post(f"{self._root_url}/admin/adapters/{name}/reload", {}))
+        with self._guarded():
+            self._raise_for_status(self._post(f"{self._root_url}/admin/adapters/{name}/reload", {}))
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Fail fast while the breaker is open; open it for ``cooldown_s`` on ModelUnavailable."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._down_until:
+                raise ModelUnavailable(f"model server at {self.base_url} marked unavailable for another "
+                                       f"{self._down_until - now:.1f} s after: {self._down_reason}")
+        try:
+            yield
+        except ModelUnavailable as exc:
+            if self.cooldown_s > 0:
+                with self._lock:
+                    self._down_until, self._down_reason = time.monotonic() + self.cooldown_s, str(exc)[:200]
+            raise
+        else:
+            if self._down_until:
+                self.reset()
 
     @property
     def _root_url(self) -> str:

@@ -57,3 +57,73 @@ def test_unreachable_server_is_model_unavailable():
     with pytest.raises(ModelUnavailable):
         dead.score("deepseek-tiny", "x", ["a", "b"])
     assert time.monotonic() - start < 10
+
+
+class _CountingDeadServer:
+    """A real TCP listener that accepts and immediately closes: every request fails at the transport."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.accepted = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_breaker_fails_fast_during_cooldown_and_closes_on_reset():
+    dead = _CountingDeadServer()
+    try:
+        client = ModelClient(f"http://127.0.0.1:{dead.port}/v1", "key", timeout=2.0, max_retries=0,
+                             cooldown_s=300.0)
+        with pytest.raises(ModelUnavailable):
+            client.chat("deepseek-tiny", [{"role": "user", "content": "x"}])
+        tried = dead.accepted
+        assert tried >= 1
+        # Inside the cool-down neither chat nor score touch the network, and the error says why.
+        for call in (lambda: client.chat("deepseek-tiny", [{"role": "user", "content": "x"}]),
+                     lambda: client.score("deepseek-tiny", "x", ["a", "b"])):
+            with pytest.raises(ModelUnavailable, match="marked unavailable"):
+                call()
+        assert dead.accepted == tried
+        client.reset()
+        with pytest.raises(ModelUnavailable):
+            client.score("deepseek-tiny", "x", ["a", "b"])
+        assert dead.accepted > tried
+    finally:
+        dead.close()
+
+
+def test_breaker_disabled_with_zero_cooldown():
+    dead = _CountingDeadServer()
+    try:
+        client = ModelClient(f"http://127.0.0.1:{dead.port}/v1", "key", timeout=2.0, max_retries=0, cooldown_s=0)
+        for expected in (1, 2):
+            with pytest.raises(ModelUnavailable):
+                client.score("deepseek-tiny", "x", ["a", "b"])
+            assert dead.accepted >= expected
+    finally:
+        dead.close()
+
+
+def test_breaker_closes_after_the_server_answers(client):
+    client._down_until = time.monotonic() + 300  # as if a failure had just happened
+    with pytest.raises(ModelUnavailable):
+        client.models()
+    assert client.available()  # a successful health probe closes the breaker
+    assert "deepseek-tiny" in client.models()

@@ -26,6 +26,9 @@ FEATURE_NAMES = (
     "acct_count_1h", "amount_zscore", "log_outflow_1h", "country_changed", "foreign", "fast_country_change",
     "new_device", "device_account_switches_1h", "device_count_1h", "log_device_seen", "log_inflow_1h",
     "cashout_after_transfer", "hour", "new_account",
+    # appended (existing column indices stay put): recipient history for transfers, hour's outflow
+    # relative to the account's usual amount (a drain), transfers the sender itself has received
+    "cp_log_seen", "cp_log_received", "log_outflow_ratio", "log_received",
 )
 TAU_5M, TAU_1H = 300.0, 3600.0
 _NEVER = 1e7  # "seconds since last" for a first transaction
@@ -93,6 +96,7 @@ class AccountState:
     last_device: np.ndarray = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
     first_device: np.ndarray = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
     last_type: np.ndarray = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
+    received: np.ndarray = field(default_factory=lambda: np.zeros(0))  # transfers received (count)
 
     _FILL: ClassVar[dict[str, float]] = {"last_ts": np.nan, "in_ts": np.nan, "var": 1.0, "last_country": -1, "home_country": -1,
              "last_device": -1, "first_device": -1, "last_type": -1}
@@ -149,9 +153,10 @@ class FeatureState:
         X[:, 2] = encode(batch["channel"], _CHANNEL_CODE, -1)
         X[:, 3] = encode(batch["mcc"], _MCC_CODE, len(MCCS))
         X[:, 19] = (ts % 86400.0) / 3600.0
+        recv = self._recipients(X, batch["counterparty"], ttype)
         self._account_steps(X, acct, dev, ts, log_amt, amount, ttype, country)
         self._device_steps(X, dev, acct, ts)
-        self._credit_counterparties(batch["counterparty"], ttype, amount, ts)
+        self._credit_counterparties(recv, ttype, amount, ts)
         return X
 
     def _account_steps(self, X, acct, dev, ts, log_amt, amount, ttype, country) -> None:
@@ -179,6 +184,8 @@ class FeatureState:
             X[rows, 17] = np.log1p(in1)
             X[rows, 18] = (ttype[rows] == 2) & (s.last_type[a] == 1) & (since < 3600)
             X[rows, 20] = ~known
+            X[rows, 23] = np.where(known, np.log1p(out1 + amount[rows]) - s.mean[a], 0.0)
+            X[rows, 24] = np.log1p(s.received[a])
             # update
             alpha = np.maximum(0.05, 1.0 / (s.seen[a] + 1.0))
             delta = log_amt[rows] - s.mean[a]
@@ -208,18 +215,28 @@ class FeatureState:
             s.last_account[d], s.last_ts[d] = acct[rows], t
             s.seen[d] += 1
 
-    def _credit_counterparties(self, counterparty, ttype, amount, ts) -> None:
+    def _recipients(self, X, counterparty, ttype) -> np.ndarray:
+        """Account ids of the transfers' recipients, and whether each has ever sent or received money
+        (an account-takeover or mule-chain recipient is typically fresh; -1 for other types)."""
+        sel = ttype == 1
+        recv = self.accounts.lookup(np.asarray(counterparty)[sel])
+        self.acct.ensure(len(self.accounts))
+        X[:, 21] = X[:, 22] = -1.0
+        X[sel, 21] = np.log1p(self.acct.seen[recv])
+        X[sel, 22] = np.log1p(self.acct.received[recv])
+        return recv
+
+    def _credit_counterparties(self, recv, ttype, amount, ts) -> None:
         """Transfers credit the receiving account's decayed inflow (visible from the next batch)."""
         sel = ttype == 1
         if not sel.any():
             return
-        recv = self.accounts.lookup(np.asarray(counterparty)[sel])
-        self.acct.ensure(len(self.accounts))
         s, t = self.acct, ts[sel]
         decayed = _decay(s.in1h[recv], s.in_ts[recv], t, TAU_1H)
         s.in1h[recv] = decayed
         s.in_ts[recv] = np.where(np.isnan(s.in_ts[recv]), t, np.maximum(s.in_ts[recv], t))
         np.add.at(s.in1h, recv, amount[sel])
+        np.add.at(s.received, recv, 1.0)
 
     # Checkpointing lets a restarted scorer resume with warm state (optional; offsets stay the truth).
     def dumps(self) -> bytes:

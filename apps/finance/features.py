@@ -13,13 +13,17 @@ they are visible from the next batch on; that is the one place where batch size 
 """
 from __future__ import annotations
 
+import logging
 import pickle
 from dataclasses import dataclass, field, fields
+from functools import cache, partial
 from typing import ClassVar
 
 import numpy as np
 
 from apps.finance.data import CHANNELS, COUNTRIES, MCCS, TX_TYPES
+
+log = logging.getLogger(__name__)
 
 FEATURE_NAMES = (
     "log_amount", "type", "channel", "mcc", "log_acct_seen", "log_secs_since_last", "acct_count_5m",
@@ -120,6 +124,12 @@ class DeviceState:
             setattr(self, name, _grow(getattr(self, name), size, fill))
 
 
+@cache
+def _warn_numpy_steps() -> None:
+    log.warning("features_jit does not implement this FEATURE_NAMES (or numba is missing): "
+                "using the slower numpy wavefront for the per-account/device state")
+
+
 def _decay(value: np.ndarray, last: np.ndarray, now: np.ndarray, tau: float) -> np.ndarray:
     dt = np.where(np.isnan(last), np.inf, np.maximum(now - last, 0.0))
     return value * np.exp(-dt / tau)
@@ -127,6 +137,8 @@ def _decay(value: np.ndarray, last: np.ndarray, now: np.ndarray, tau: float) -> 
 
 class FeatureState:
     """All streaming state of the fast tier; ``transform`` turns a batch into features and updates it."""
+
+    compiled = True  # False: always the numpy reference path (tests compare the two)
 
     def __init__(self):
         self.accounts, self.devices = KeyIndex(), KeyIndex()
@@ -154,10 +166,23 @@ class FeatureState:
         X[:, 3] = encode(batch["mcc"], _MCC_CODE, len(MCCS))
         X[:, 19] = (ts % 86400.0) / 3600.0
         recv = self._recipients(X, batch["counterparty"], ttype)
-        self._account_steps(X, acct, dev, ts, log_amt, amount, ttype, country)
-        self._device_steps(X, dev, acct, ts)
+        account_steps, device_steps = self._steps()
+        account_steps(X, acct, dev, ts, log_amt, amount, ttype, country)
+        device_steps(X, dev, acct, ts)
         self._credit_counterparties(recv, ttype, amount, ts)
         return X
+
+    def _steps(self):
+        """The per-row state updates: numba-compiled (apps/finance/features_jit.py) when that kernel
+        implements this feature set, else the numpy wavefront below, which is the reference."""
+        if self.compiled:
+            from apps.finance import features_jit
+
+            if features_jit.AVAILABLE:
+                return (partial(features_jit.account_steps, self.acct),
+                        partial(features_jit.device_steps, self.dev))
+            _warn_numpy_steps()
+        return self._account_steps, self._device_steps
 
     def _account_steps(self, X, acct, dev, ts, log_amt, amount, ttype, country) -> None:
         s = self.acct

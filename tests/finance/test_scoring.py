@@ -93,3 +93,39 @@ def test_cli_batch_scoring(tmp_path, fin_model):
     assert alerts and all(r["reasons"] for r in alerts)
     fraud_ids = set(cols["tx_id"][cols["is_fraud"] == 1].tolist())
     assert len(fraud_ids & {r["tx_id"] for r in alerts}) > len(fraud_ids) / 2
+
+
+def test_compiled_feature_steps_match_the_numpy_reference():
+    """The numba per-row kernel (the hot path) gives the numpy wavefront's features and state exactly."""
+    from dataclasses import fields
+
+    from apps.finance import features_jit
+
+    assert features_jit.AVAILABLE, "features_jit.FEATURES must cover FEATURE_NAMES (else the slow path runs)"
+    cols = generate_columns(GeneratorConfig(n=12_000, seed=8, fraud_rate=0.005))
+    reference, compiled = FeatureState(), FeatureState()
+    reference.compiled = False
+    X_ref = featurize_all(cols, batch_size=1500, state=reference)
+    X_fast = featurize_all(cols, batch_size=1500, state=compiled)
+    np.testing.assert_array_equal(X_fast, X_ref)
+    for ref_state, fast_state in ((reference.acct, compiled.acct), (reference.dev, compiled.dev)):
+        for f in fields(ref_state):
+            np.testing.assert_array_equal(getattr(fast_state, f.name), getattr(ref_state, f.name), err_msg=f.name)
+
+
+def test_compiled_trees_give_sklearns_probabilities(fin_model):
+    """The compiled tree walk returns scikit-learn's probabilities bit for bit, including missing values,
+    unknown and negative category codes."""
+    from apps.finance.fastpredict import compiled_for
+
+    model = FastScorer.load(fin_model)
+    X = featurize_all(generate_columns(GeneratorConfig(n=6000, seed=9)))
+    X[:40, FEATURE_NAMES.index("type")] = -1          # the wrapper shifts negatives to a spare code
+    X[40:80, FEATURE_NAMES.index("mcc")] = 77          # a category never seen in training
+    X[80:120, FEATURE_NAMES.index("amount_zscore")] = np.nan
+    X[120:160, FEATURE_NAMES.index("channel")] = np.nan
+    compiled = compiled_for(model.classifier)
+    assert compiled is not None
+    expected = model.classifier.predict_proba(X)[:, 1]
+    np.testing.assert_array_equal(compiled.predict_proba(X), expected)
+    np.testing.assert_array_equal(model.predict_proba(X), expected)

@@ -17,6 +17,7 @@ import logging
 import pickle
 from dataclasses import dataclass, field, fields
 from functools import cache, partial
+from itertools import repeat
 from typing import ClassVar
 
 import numpy as np
@@ -43,10 +44,23 @@ _MCC_CODE = {m: i for i, m in enumerate(MCCS)}
 _COUNTRY_CODE = {c: i for i, c in enumerate(COUNTRIES)}
 
 
-def encode(values: np.ndarray, table: dict[str, int], unknown: int) -> np.ndarray:
-    """Map a string column to small ints via its unique values (one dict lookup per distinct value)."""
+# String columns arrive as numpy arrays (generated data sets, training) or as plain lists of str (the
+# stream: pipeline.to_columns). For lists, a C-level ``map(dict.get)`` per row is several times cheaper
+# than building a numpy unicode array and sorting it with ``np.unique``.
+
+def encode(values: np.ndarray | list[str], table: dict[str, int], unknown: int) -> np.ndarray:
+    """Map a string column to small ints (``unknown`` for values not in ``table``)."""
+    if isinstance(values, list):
+        return np.fromiter(map(table.get, values, repeat(unknown)), np.int64, len(values))
     uniq, inverse = np.unique(values, return_inverse=True)
     return np.fromiter((table.get(u, unknown) for u in uniq.tolist()), np.int64, len(uniq))[inverse]
+
+
+def take(values: np.ndarray | list[str], mask: np.ndarray) -> np.ndarray | list[str]:
+    """The rows of a string column where ``mask`` is set, keeping the column's kind."""
+    if isinstance(values, list):
+        return [values[i] for i in np.flatnonzero(mask).tolist()]
+    return np.asarray(values)[mask]
 
 
 class KeyIndex:
@@ -55,7 +69,13 @@ class KeyIndex:
     def __init__(self):
         self.ids: dict[str, int] = {}
 
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
+    def lookup(self, keys: np.ndarray | list[str]) -> np.ndarray:
+        if isinstance(keys, list):
+            out = list(map(self.ids.get, keys))
+            if None in out:  # keys seen for the first time get the next ids
+                ids = self.ids
+                out = [ids.setdefault(k, len(ids)) if v is None else v for k, v in zip(keys, out)]
+            return np.fromiter(out, np.int64, len(out))
         uniq, inverse = np.unique(keys, return_inverse=True)
         ids = self.ids
         out = np.fromiter((ids.setdefault(k, len(ids)) for k in uniq.tolist()), np.int64, len(uniq))
@@ -244,7 +264,7 @@ class FeatureState:
         """Account ids of the transfers' recipients, and whether each has ever sent or received money
         (an account-takeover or mule-chain recipient is typically fresh; -1 for other types)."""
         sel = ttype == 1
-        recv = self.accounts.lookup(np.asarray(counterparty)[sel])
+        recv = self.accounts.lookup(take(counterparty, sel))
         self.acct.ensure(len(self.accounts))
         X[:, 21] = X[:, 22] = -1.0
         X[sel, 21] = np.log1p(self.acct.seen[recv])

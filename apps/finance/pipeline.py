@@ -1,12 +1,15 @@
 """From raw messages to scores: decode, validate (column-wise), featurise, score, explain.
 
 The same ``BatchScorer`` serves the Kafka stream, batch files (`dsv finance score --input`) and the
-benchmark, so there is exactly one scoring path. Validation runs column-wise with numpy; only the rows a
-vectorised check rejects go through the per-record validator, to get a reason that names the field.
+benchmark, so there is exactly one scoring path. Validation runs column-wise (C-level passes over the
+decoded objects, per-distinct-value format checks); only the rows a column check flags go through the
+per-record validator, to get a reason that names the field. Strings stay Python lists end to end: no
+numpy unicode arrays, no string sorts on the hot path.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -41,6 +44,22 @@ from apps.finance.model import FastScorer, reasons_for
 
 _STRING_FIELDS = [f for f, k in REQUIRED_FIELDS.items() if k is str]
 _NUMBER_FIELDS = ["ts", "amount"]
+_ABSENT = object()
+
+
+def _is_code(v: str, length: int) -> bool:  # currency (3) / country (2): as validate_transaction
+    return len(v) == length and v.isalpha() and v.isupper()
+
+
+# Per-value format checks, run once per *distinct* value of a column (a handful per batch) with the
+# same predicates as the per-record validator, so both agree on what the contract allows.
+_FORMAT_CHECKS = {
+    "type": lambda v: v in TX_TYPES,
+    "channel": lambda v: v in CHANNELS,
+    "currency": lambda v: _is_code(v, 3),
+    "country": lambda v: _is_code(v, 2),
+    "mcc": lambda v: len(v) == 4 and v.isdigit(),
+}
 
 
 @dataclass
@@ -51,16 +70,39 @@ class Reject:
 
 @dataclass
 class ScoredBatch:
-    outputs: list[dict[str, Any]] = field(default_factory=list)   # one per valid transaction, input order
-    alerts: list[dict[str, Any]] = field(default_factory=list)    # outputs with alert=True, plus "tx"
+    """Scores of the valid transactions (input order) as columns; ``outputs`` / ``encoded()`` give the
+    contract's output records (the latter already serialised, which is what the stream sends)."""
+
+    tx_ids: list[str] = field(default_factory=list)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))   # rounded to 5 decimals
+    alert: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    reasons: dict[int, list[str]] = field(default_factory=dict)       # alerts only
+    model: str = ""
+    alerts: list[dict[str, Any]] = field(default_factory=list)        # alert outputs plus "tx"
     rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.tx_ids)
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        reasons, name = self.reasons, self.model
+        return [{"tx_id": t, "score": s, "alert": a, "reasons": reasons.get(i, []), "model": name}
+                for i, (t, s, a) in enumerate(zip(self.tx_ids, self.scores.tolist(), self.alert.tolist()))]
+
+    def encoded(self) -> list[bytes]:
+        """One JSON document per output, the same bytes ``dumps(output)`` gives."""
+        reasons, name = self.reasons, self.model
+        return [dumps({"tx_id": t, "score": s, "alert": a, "reasons": reasons.get(i, []), "model": name})
+                for i, (t, s, a) in enumerate(zip(self.tx_ids, self.scores.tolist(), self.alert.tolist()))]
 
 
 def _decode(raws: list[bytes]) -> tuple[list[Any], dict[int, str]]:
     try:
-        return [loads(r) for r in raws], {}
-    except (ValueError, TypeError):  # orjson's and json's decode errors are ValueErrors  # at least one is not JSON: decode one by one to find which
-        objs, bad = [], {}
+        return list(map(loads, raws)), {}
+    except (ValueError, TypeError):  # orjson's and json's decode errors are ValueErrors
+        objs, bad = [], {}  # at least one is not JSON: decode one by one to find which
         for i, r in enumerate(raws):
             try:
                 objs.append(loads(r))
@@ -70,65 +112,80 @@ def _decode(raws: list[bytes]) -> tuple[list[Any], dict[int, str]]:
         return objs, bad
 
 
-def _column(rows: list[dict], name: str) -> list:
+def _column(rows: list[dict], name: str, default=None) -> list:
     """One field of every row; ``map(itemgetter)`` runs in C, the ``.get`` loop only when a row lacks it."""
     try:
         return list(map(itemgetter(name), rows))
     except KeyError:
-        return [r.get(name) for r in rows]
+        return [r.get(name, default) for r in rows]
 
 
-def to_columns(objs: list[Any], bad: dict[int, str]) -> tuple[dict[str, np.ndarray], np.ndarray, list[Reject]]:
-    """Validate column-wise. Returns (columns of the valid rows, their input indices, rejects)."""
+def _flag(suspect: np.ndarray, col: list, bad_row) -> None:
+    """Mark the rows of ``col`` for which ``bad_row(value)`` holds (called only when some row is bad)."""
+    suspect |= np.fromiter(map(bad_row, col), bool, len(col))
+
+
+def to_columns(objs: list[Any], bad: dict[int, str]) -> tuple[dict[str, Any], np.ndarray, list[Reject]]:
+    """Validate column-wise. Returns (columns of the valid rows, their input indices, rejects).
+
+    String columns come back as lists of str, numbers as float64 arrays. The checks run per column in C
+    (type sets, min/max length, per-distinct-value formats); only the rows they flag go through the
+    per-record validator, which gives the reason naming the field (and has the last word)."""
     n = len(objs)
-    ok = np.ones(n, dtype=bool)
+    if n == 0:
+        return {}, np.zeros(0, np.int64), []
+    suspect = np.zeros(n, dtype=bool)
     for i in bad:
-        ok[i] = False
-    if not all(type(o) is dict for o in objs):
-        for i, o in enumerate(objs):
-            if type(o) is not dict:
-                ok[i] = False
-    rows = [o if ok[i] else {} for i, o in enumerate(objs)] if not ok.all() else objs
-    cols: dict[str, np.ndarray] = {}
-    suspect = ~ok
+        suspect[i] = True
+    rows = objs
+    if bad or set(map(type, objs)) != {dict}:
+        suspect |= np.fromiter((type(o) is not dict for o in objs), bool, n)
+        rows = [o if type(o) is dict else {} for o in objs]
+    cols: dict[str, Any] = {}
     for name in _STRING_FIELDS:
         col = _column(rows, name)
-        if set(map(type, col)) - {str}:
-            suspect |= np.fromiter((type(v) is not str for v in col), bool, n)
+        if set(map(type, col)) != {str}:
+            _flag(suspect, col, lambda v: type(v) is not str)
             col = [v if type(v) is str else "" for v in col]
-        lengths = np.fromiter(map(len, col), np.int64, n)
-        too_long = (lengths == 0) | (lengths > MAX_STRING_LEN)
-        if too_long.any():  # never build a numpy string array sized by an abusive payload
-            suspect |= too_long
+        check = _FORMAT_CHECKS.get(name)
+        if check is not None:  # a few distinct values: checked one by one (length included)
+            invalid = {v for v in set(col) if not check(v)}
+            if invalid:
+                _flag(suspect, col, invalid.__contains__)
+        elif min(map(len, col)) == 0 or max(map(len, col)) > MAX_STRING_LEN:
+            # never let an abusive payload into the state (a 10 MB "account" would stay forever)
+            _flag(suspect, col, lambda v: not 0 < len(v) <= MAX_STRING_LEN)
             col = [v if 0 < len(v) <= MAX_STRING_LEN else "" for v in col]
-        cols[name] = np.asarray(col)
+        cols[name] = col
     for name in _NUMBER_FIELDS:
         col = _column(rows, name)
-        types = set(map(type, col))
-        if types - {int, float}:
-            suspect |= np.fromiter((type(v) not in (int, float) for v in col), bool, n)
+        if not set(map(type, col)) <= {int, float}:  # bool is neither; None (missing) neither
+            _flag(suspect, col, lambda v: type(v) not in (int, float))
             col = [v if type(v) in (int, float) else np.nan for v in col]
-        cols[name] = np.asarray(col, dtype=np.float64)
+        try:
+            cols[name] = np.array(col, dtype=np.float64)
+        except OverflowError:  # an integer beyond float range: the validator names it
+            _flag(suspect, col, lambda v: type(v) is int and abs(v) > 1e300)
+            cols[name] = np.array([v if abs(v) <= 1e300 else np.nan for v in col], dtype=np.float64)
     suspect |= ~((cols["amount"] > 0) & (cols["amount"] <= MAX_AMOUNT))
     suspect |= ~(np.isfinite(cols["ts"]) & (cols["ts"] >= 0))
-    suspect |= ~np.isin(cols["type"], TX_TYPES) | ~np.isin(cols["channel"], CHANNELS)
-    suspect |= (np.char.str_len(cols["currency"]) != 3) | (np.char.str_len(cols["country"]) != 2)
-    suspect |= (np.char.str_len(cols["mcc"]) != 4) | ~np.char.isdigit(cols["mcc"])
-    suspect |= ~np.char.isupper(cols["currency"]) | ~np.char.isupper(cols["country"])
+    if any(map(dict.__contains__, rows, repeat("is_fraud"))):  # labelled input: 0/1 or absent
+        _flag(suspect, _column(rows, "is_fraud", _ABSENT), lambda v: v is not _ABSENT and v not in (0, 1))
     # Exact reasons (and a second opinion) from the per-record validator, for suspects only.
     rejects = []
-    for i in np.flatnonzero(suspect):
+    for i in np.flatnonzero(suspect).tolist():
         if i in bad:
-            rejects.append(Reject(int(i), bad[i]))
+            rejects.append(Reject(i, bad[i]))
             continue
         try:
             validate_transaction(objs[i])
-            suspect[i] = False  # the vectorised check was stricter than the contract
+            suspect[i] = False  # the column checks were stricter than the contract
         except ContractError as exc:
-            rejects.append(Reject(int(i), str(exc)))
+            rejects.append(Reject(i, str(exc)))
     keep = np.flatnonzero(~suspect)
     if len(keep) < n:
-        cols = {k: v[keep] for k, v in cols.items()}
+        kept = keep.tolist()
+        cols = {k: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in kept]) for k, v in cols.items()}
     return cols, keep, rejects
 
 
@@ -148,20 +205,17 @@ class BatchScorer:
 
     def _score(self, objs: list[Any], bad: dict[int, str]) -> ScoredBatch:
         cols, keep, rejects = to_columns(objs, bad)
-        batch = ScoredBatch(rejects=rejects)
+        batch = ScoredBatch(model=self.model.name, rejects=rejects)
         if len(keep) == 0:
             return batch
         X = self.state.transform(cols)
         p = self.model.predict_proba(X)
-        alert = p >= self.model.threshold
-        alert_rows = np.flatnonzero(alert)
-        reasons = dict(zip(alert_rows.tolist(), reasons_for(X, alert_rows)))
-        name = self.model.name
-        scores = np.round(p, 5).tolist()
-        ids = cols["tx_id"].tolist()
-        alerts = alert.tolist()
-        batch.outputs = [{"tx_id": t, "score": s, "alert": a, "reasons": reasons.get(i, []), "model": name}
-                         for i, (t, s, a) in enumerate(zip(ids, scores, alerts))]
-        for i in alert_rows.tolist():  # alerts carry the transaction for the adjudicator
-            batch.alerts.append({**batch.outputs[i], "tx": objs[int(keep[i])]})
+        batch.alert = p >= self.model.threshold
+        batch.scores = np.round(p, 5)
+        batch.tx_ids = cols["tx_id"]
+        alert_rows = np.flatnonzero(batch.alert).tolist()
+        batch.reasons = dict(zip(alert_rows, reasons_for(X, np.asarray(alert_rows, dtype=np.int64))))
+        for i in alert_rows:  # alerts carry the transaction for the adjudicator
+            batch.alerts.append({"tx_id": batch.tx_ids[i], "score": float(batch.scores[i]), "alert": True,
+                                 "reasons": batch.reasons[i], "model": batch.model, "tx": objs[int(keep[i])]})
         return batch

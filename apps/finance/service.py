@@ -84,9 +84,9 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
     log.info("scorer %s in group %s on %s (%s client)", scorer.model.name, cfg.group, cfg.bootstrap, cfg.client)
     try:
         while not stop.is_set():
-            msgs = consumer.poll(cfg.batch_size, cfg.poll_timeout_s)
+            msgs = consumer.poll_batch(cfg.batch_size, cfg.poll_timeout_s)
             now = time.monotonic()
-            if not msgs:
+            if not len(msgs):
                 # Idle time only counts while we own partitions: a restarted member may wait a session
                 # timeout for the group to rebalance before it gets any.
                 if not consumer.has_assignment():
@@ -99,13 +99,12 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
                 continue
             last_msg = now
             t0 = time.perf_counter()
-            result = scorer.score_raw([m.value or b"" for m in msgs])
-            for out in result.outputs:
-                producer.send(TOPIC_SCORES, dumps(out), out["tx_id"].encode())
+            result = scorer.score_raw(msgs.values)
+            producer.send_many(TOPIC_SCORES, result.encoded(), [t.encode() for t in result.tx_ids])
             for alert in result.alerts:
                 producer.send(TOPIC_ALERTS, dumps(alert), alert["tx_id"].encode())
             for reject in result.rejects:
-                m = msgs[reject.index]
+                m = msgs.message(reject.index)
                 producer.send(TOPIC_DLQ, m.value or b"", m.key, headers={
                     "dlq.reason": reject.reason.encode(), "dlq.source": f"{m.topic}/{m.partition}/{m.offset}".encode()})
             producer.flush()      # outputs durable first ...
@@ -113,22 +112,22 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
             elapsed = time.perf_counter() - t0
             if cfg.record_latency:  # broker CreateTime of each input -> its outputs committed
                 done_ms = time.time() * 1000.0
-                stats.latencies_ms.append(done_ms - np.fromiter((m.timestamp_ms for m in msgs), float, len(msgs)))
+                stats.latencies_ms.append(done_ms - msgs.timestamps_ms())
             stats.first_output_at = stats.first_output_at or time.time()
             stats.last_output_at = time.time()
             BATCH_SECONDS.observe(elapsed)
             n_alerts = len(result.alerts)
-            TX_TOTAL.labels("scored").inc(len(result.outputs) - n_alerts)
+            TX_TOTAL.labels("scored").inc(result.n - n_alerts)
             TX_TOTAL.labels("alert").inc(n_alerts)
             TX_TOTAL.labels("dlq").inc(len(result.rejects))
-            stats.scored += len(result.outputs)
+            stats.scored += result.n
             stats.alerts += n_alerts
             stats.dlq += len(result.rejects)
             stats.batches += 1
             stats.batch_seconds.append(elapsed)
-            since_stats += len(result.outputs)
+            since_stats += result.n
             if sink:
-                sink.record_scores([o["score"] for o in result.outputs], result.alerts)
+                sink.record_scores(result.scores, result.alerts)
             if now - last_stats > cfg.stats_every_s:
                 _report(consumer, sink, stats, since_stats, now - last_stats)
                 last_stats, since_stats = now, 0

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,31 @@ class Message:
     headers: dict[str, bytes]
 
 
+class Polled:
+    """One poll's messages for the hot path: the values as a list (what the scorer needs), the rest of
+    each message only on demand (DLQ entries, latency), so a batch costs no per-message Python object."""
+
+    def __init__(self, raw: list, to_message, value_of):
+        self._raw, self._to_message = raw, to_message
+        self.values: list[bytes] = [value_of(m) or b"" for m in raw]
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def message(self, i: int) -> Message:
+        return self._to_message(self._raw[i])
+
+    def timestamps_ms(self) -> np.ndarray:
+        return np.fromiter((self.message(i).timestamp_ms for i in range(len(self))), np.float64, len(self))
+
+
 class DeliveryFailed(RuntimeError):
     """An output could not be written; the batch's offsets must not be committed."""
 
 
 class Consumer(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
+    def poll_batch(self, max_records: int, timeout_s: float) -> Polled: ...
     def commit(self) -> None: ...
     def has_assignment(self) -> bool: ...
     def lag(self) -> int: ...
@@ -49,6 +71,7 @@ class Consumer(Protocol):
 class Producer(Protocol):
     def send(self, topic: str, value: bytes, key: bytes | None = None,
              headers: dict[str, bytes] | None = None) -> None: ...
+    def send_many(self, topic: str, values: list[bytes], keys: list[bytes]) -> None: ...
     def flush(self, timeout_s: float = 60.0) -> None: ...
     def close(self) -> None: ...
 
@@ -92,15 +115,25 @@ class ConfluentConsumer:
     def _on_revoke(consumer, partitions) -> None:
         log.info("partitions revoked: %s", sorted(f"{p.topic}/{p.partition}" for p in partitions))
 
+    def _consume(self, max_records: int, timeout_s: float) -> list:
+        msgs = self._c.consume(num_messages=max_records, timeout=timeout_s)
+        if any(m.error() for m in msgs):
+            for m in msgs:
+                if m.error():
+                    log.warning("consumer: %s", m.error())
+            msgs = [m for m in msgs if not m.error()]
+        return msgs
+
+    @staticmethod
+    def _message(m) -> Message:
+        return Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
+                       dict(m.headers() or []))
+
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
-        out = []
-        for m in self._c.consume(num_messages=max_records, timeout=timeout_s):
-            if m.error():
-                log.warning("consumer: %s", m.error())
-                continue
-            out.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
-                               dict(m.headers() or [])))
-        return out
+        return [self._message(m) for m in self._consume(max_records, timeout_s)]
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> Polled:
+        return Polled(self._consume(max_records, timeout_s), self._message, _value)
 
     def has_assignment(self) -> bool:
         return bool(self._c.assignment())
@@ -141,10 +174,13 @@ class ConfluentProducer:
 
         self._p = _P({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
                       "enable.idempotence": False, "queue.buffering.max.messages": 1_000_000,
-                      "batch.num.messages": 10000,
+                      "batch.num.messages": 10000, "batch.size": 4 * 1024 * 1024,
                       # no compression: kafka-python consumers need extra codec packages for lz4/snappy/zstd
                       "compression.type": "none",
-                      "message.timeout.ms": 120000})
+                      "message.timeout.ms": 120000,
+                      # A Python callback per delivered message cost ~1 us each; only failures need one
+                      # (flush() still waits for every message, and counts what is left undelivered).
+                      "delivery.report.only.error": True, "on_delivery": self._on_delivery})
         self._failures: list[str] = []
 
     def _on_delivery(self, err, msg) -> None:
@@ -154,10 +190,19 @@ class ConfluentProducer:
     def send(self, topic, value, key=None, headers=None) -> None:
         while True:
             try:
-                self._p.produce(topic, value, key, on_delivery=self._on_delivery,
-                                headers=list(headers.items()) if headers else None)
+                self._p.produce(topic, value, key, headers=list(headers.items()) if headers else None)
                 return
             except BufferError:  # local queue full: let librdkafka drain it
+                self._p.poll(0.05)
+
+    def send_many(self, topic, values, keys) -> None:
+        produce, i, n = self._p.produce, 0, len(values)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes at the message that did not fit
+                    produce(topic, values[i], keys[i])
+                i = n
+            except BufferError:  # local queue full: let librdkafka drain it, then go on from i
                 self._p.poll(0.05)
 
     def flush(self, timeout_s: float = 120.0) -> None:
@@ -184,11 +229,20 @@ class KafkaPythonConsumer:
                                 max_poll_records=max_records, fetch_max_wait_ms=50,
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
 
-    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+    def _records(self, max_records: int, timeout_s: float) -> list:
         batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
-                        {k: v for k, v in (r.headers or [])})
-                for records in batches.values() for r in records]
+        return [r for records in batches.values() for r in records]
+
+    @staticmethod
+    def _message(r) -> Message:
+        return Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
+                       {k: v for k, v in (r.headers or [])})
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        return [self._message(r) for r in self._records(max_records, timeout_s)]
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> Polled:
+        return Polled(self._records(max_records, timeout_s), self._message, _record_value)
 
     def has_assignment(self) -> bool:
         return bool(self._c.assignment())
@@ -229,6 +283,10 @@ class KafkaPythonProducer:
         self._futures.append(self._p.send(topic, value=value, key=key,
                                           headers=list(headers.items()) if headers else None))
 
+    def send_many(self, topic, values, keys) -> None:
+        for value, key in zip(values, keys):
+            self.send(topic, value, key)
+
     def flush(self, timeout_s: float = 120.0) -> None:
         self._p.flush(timeout=timeout_s)
         futures, self._futures = self._futures, []
@@ -239,6 +297,10 @@ class KafkaPythonProducer:
     def close(self) -> None:
         self._p.flush(10)
         self._p.close(timeout=10)
+
+
+_value = operator.methodcaller("value")           # confluent_kafka.Message
+_record_value = operator.attrgetter("value")     # kafka-python ConsumerRecord
 
 
 def make_consumer(client: str, bootstrap: str, group: str, topics: list[str], max_records: int = 5000,

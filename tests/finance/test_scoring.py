@@ -129,3 +129,36 @@ def test_compiled_trees_give_sklearns_probabilities(fin_model):
     expected = model.classifier.predict_proba(X)[:, 1]
     np.testing.assert_array_equal(compiled.predict_proba(X), expected)
     np.testing.assert_array_equal(model.predict_proba(X), expected)
+
+
+def test_column_validation_agrees_with_the_record_validator():
+    """The column-wise fast path accepts exactly what ``validate_transaction`` accepts, field by field."""
+    from apps.finance.data import ContractError, generate, validate_transaction
+    from apps.finance.pipeline import _decode, to_columns
+
+    base = [{k: v for k, v in r.items() if k not in ("typology", "label_ts")}
+            for r in generate(GeneratorConfig(n=60, seed=5))]
+    variants = [("amount", "12"), ("amount", True), ("amount", 0), ("amount", 1e11), ("amount", 7),
+                ("ts", -1.0), ("ts", "x"), ("ts", None), ("account", 123), ("account", ""), ("account", "A" * 129),
+                ("account", "A" * 128), ("type", "payment"), ("type", "REFUND"), ("channel", "fax"),
+                ("currency", "eur"), ("currency", "EU"), ("currency", "E1R"), ("country", "gb"), ("country", "GBR"),
+                ("mcc", "54a1"), ("mcc", 5411), ("mcc", "541"), ("mcc", "٥٤١١"), ("device", ["D1"]),
+                ("tx_id", "ü-\"quoted\"\\"), ("is_fraud", 2), ("is_fraud", None), ("is_fraud", True)]
+    records = [dict(base[i]) for i in range(len(variants))]
+    for rec, (k, v) in zip(records, variants):
+        rec[k] = v
+    records += [{k: v for k, v in base[40].items() if k != "mcc"}, [1, 2], "tx", base[41], base[42]]
+    raws = [dumps(r) for r in records] + [b"{not json", b""]
+
+    def accepted_by_validator(raw):
+        try:
+            validate_transaction(__import__("orjson").loads(raw))
+            return True
+        except (ContractError, ValueError):
+            return False
+
+    objs, bad = _decode(raws)
+    cols, keep, rejects = to_columns(objs, bad)
+    assert keep.tolist() == [i for i, r in enumerate(raws) if accepted_by_validator(r)]
+    assert sorted(r.index for r in rejects) == [i for i in range(len(raws)) if i not in set(keep.tolist())]
+    assert cols["tx_id"] == [objs[i]["tx_id"] for i in keep.tolist()]

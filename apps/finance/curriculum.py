@@ -7,9 +7,13 @@ transactions carry labels. The unlabelled rest is used the way the product inten
 the stage-1 model, widened by *episode consistency* (fraud comes in episodes, so transactions of the same
 account or device within an hour of a confident fraud are labelled fraud too), plus confident negatives.
 
+Stage 2 also picks its alert threshold on the drifted stream (out of time, all rows, pseudo-labels),
+not on stage-1 data: drift makes innocent anomalies common, and that moves the F1-best threshold.
+
 Everything is evaluated on a held-out stream from a third seed with the same drift. "Without curriculum"
 is the same pipeline trained on stage 1 only (and, as a second baseline, on the 0.3 % real labels only).
-The same stage-2 pseudo-labelled set also becomes the adjudicator's stage-2 chat data (llm_stage2.jsonl).
+The same stage-2 pseudo-labelled set also becomes the adjudicator's stage-2 chat data (llm_stage2.jsonl,
+with a held-out llm_val.jsonl), and the stage-2 fast tier is saved for ``adjudicator_eval``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import numpy as np
 
 from apps.finance.data import GeneratorConfig, generate_columns
 from apps.finance.features import featurize_all
-from apps.finance.model import best_f1_threshold, fit_classifier, metrics
+from apps.finance.model import FastScorer, best_f1_threshold, fit_classifier, metrics
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +109,16 @@ def run_curriculum(cfg: CurriculumConfig) -> dict:
     }
     X2 = np.vstack([X1, Xr[use]])
     y2 = np.r_[y1, y_pseudo[use]]
-    # Threshold: on the stage-1 validation block plus the pseudo-labelled stream's last 20 %.
-    tail = np.flatnonzero(use)[int(use.sum() * 0.8):]
-    m2_val = fit_classifier(np.vstack([X1[:cut], Xr[use][: int(use.sum() * 0.8)]]),
-                            np.r_[y1[:cut], y_pseudo[use][: int(use.sum() * 0.8)]], cfg.seed, max_iter=cfg.max_iter)
-    p_val = np.r_[m2_val.predict_proba(X1[cut:])[:, 1], m2_val.predict_proba(Xr[tail])[:, 1]]
-    thr2 = best_f1_threshold(np.r_[y1[cut:], y_pseudo[tail]], p_val)
+    # Threshold: chosen where the model will work, on the drifted stream. A model trained on the stage-1
+    # block and the first 80 % (by time) of the pseudo-labelled stream scores *every* row of the last
+    # 20 %; pseudo-positives count as fraud, all other rows (confident negatives and the ambiguous rows
+    # left out of training) as legit. Choosing it on stage-1 data, or on the confident rows only, hides
+    # the drifted customers' innocent anomalies and gave a threshold several times too low.
+    r_cut = int(len(yr) * 0.8)
+    head = use & (np.arange(len(yr)) < r_cut)
+    m2_val = fit_classifier(np.vstack([X1[:cut], Xr[head]]), np.r_[y1[:cut], y_pseudo[head]], cfg.seed,
+                            max_iter=cfg.max_iter)
+    thr2 = best_f1_threshold(y_pseudo[r_cut:], m2_val.predict_proba(Xr[r_cut:])[:, 1])
     m2 = fit_classifier(X2, y2, cfg.seed, max_iter=cfg.max_iter)
     p2 = m2.predict_proba(Xt)[:, 1]
     results["stage2_curriculum"] = metrics(yt, p2, thr2)
@@ -121,32 +129,64 @@ def run_curriculum(cfg: CurriculumConfig) -> dict:
         for stage, p, thr in (("stage1", m1.predict_proba(Xt)[:, 1], thr1), ("stage2", p2, thr2))}
 
     if cfg.out_dir:
-        _write_outputs(cfg.out_dir, results, real, Xr, pr, use, y_pseudo, s1, X1, m1.predict_proba(X1)[:, 1])
+        # The adjudicator sees the fast tier's score: give it out-of-sample scores on stage 1 too
+        # (two-fold by time), or it learns to trust in-sample scores of ~1.0 for every fraud.
+        half = len(y1) // 2
+        p1 = np.empty(len(y1))
+        for fit_rows, score_rows in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+            p1[score_rows] = fit_classifier(X1[fit_rows], y1[fit_rows], cfg.seed,
+                                            max_iter=cfg.max_iter).predict_proba(X1[score_rows])[:, 1]
+        # Stage 2's adjudicator pool adds the stage-1 alerts that episode consistency did not support:
+        # isolated flags, mostly the drifted customers' innocent anomalies -- the alerts it must clear.
+        _write_outputs(cfg.out_dir, results, real, Xr, pr, use | alerts, y_pseudo, thr1, s1, X1, p1)
+        # The stage-2 fast tier with its threshold: what `adjudicator_eval` puts in front of the adapter.
+        FastScorer(m2, thr2, meta={"source": "curriculum stage 2", "thresholds": results["thresholds"]}
+                   ).save(Path(cfg.out_dir) / "fast_model_stage2.pkl")
     return results
 
 
-def _write_outputs(out_dir: Path, results: dict, real, Xr, pr, use, y_pseudo, s1, X1, p1) -> None:
-    """Results JSON plus the adjudicator's two chat data sets (alerts and a sample of clear cases)."""
-    from apps.finance.llm import chat_record
+def _write_outputs(out_dir: Path, results: dict, real, Xr, pr, pool2, y_pseudo, thr1: float, s1, X1, p1,
+                   max_records: int = 1600) -> None:
+    """Results JSON plus the adjudicator's two chat data sets.
+
+    The adjudicator only ever sees what the fast tier flags, so its training records are the rows the
+    fast tier scores near or above its threshold (>= a quarter of it: the borderline cases it must
+    confirm or clear), all (pseudo-)frauds, and a few clear negatives, each with the account's recent
+    history (``llm.recent_history``)."""
+    from apps.finance.llm import chat_record, recent_history
     from apps.finance.model import reasons_for
     from shared.io import write_jsonl_atomic, write_text_atomic
 
     out_dir = Path(out_dir)
     write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2))
     rng = np.random.default_rng(0)
+    counts = {}
     # Stage 2 knows no typologies (its labels are mostly pseudo-labels): generic reasons only.
     for name, cols, X, labels, pool, scores, typologies in (
             ("llm_stage1.jsonl", s1, X1, s1["is_fraud"].astype(int), np.ones(len(s1["ts"]), bool), p1, s1["typology"]),
-            ("llm_stage2.jsonl", real, Xr, y_pseudo, use, pr, np.full(len(pr), ""))):
+            ("llm_stage2.jsonl", real, Xr, y_pseudo, pool2, pr, np.full(len(pr), ""))):
         pos = np.flatnonzero(pool & (labels == 1))
-        neg = rng.choice(np.flatnonzero(pool & (labels == 0)), min(len(pos) * 2, int((pool & (labels == 0)).sum())),
-                         replace=False)
-        rows = np.r_[pos, neg]
+        hard = np.flatnonzero(pool & (labels == 0) & (scores >= thr1 / 4))
+        clear = np.flatnonzero(pool & (labels == 0) & (scores < thr1 / 4))
+        hard = rng.choice(hard, min(len(hard), max_records - len(pos) - len(pos) // 2), replace=False)
+        clear = rng.choice(clear, min(len(clear), max(len(pos) // 2, max_records - len(pos) - len(hard))),
+                           replace=False)
+        rows = np.sort(np.r_[pos, hard, clear])
+        counts[name] = {"fraud": len(pos), "legit_flagged_or_borderline": len(hard),
+                        "legit_clear": len(clear)}
         reasons = reasons_for(X, rows)
+        histories = recent_history(cols, rows)
         records = []
-        for r, why in zip(rows.tolist(), reasons):
+        for r, why, hist in zip(rows.tolist(), reasons, histories):
             tx = {k: (v[r].item() if hasattr(v[r], "item") else v[r]) for k, v in cols.items()
                   if k not in ("is_fraud", "typology", "label_ts")}
-            alert = {"tx_id": tx["tx_id"], "score": float(scores[r]), "reasons": why, "tx": tx}
+            alert = {"tx_id": tx["tx_id"], "score": float(scores[r]), "reasons": why, "tx": tx, "history": hist}
             records.append(chat_record(alert, bool(labels[r]), str(typologies[r])))
+        rng.shuffle(records)
+        if name == "llm_stage2.jsonl":  # a small held-out part is the fine-tune's validation set
+            n_val = min(200, len(records) // 5)
+            write_jsonl_atomic(out_dir / "llm_val.jsonl", records[:n_val])
+            records = records[n_val:]
         write_jsonl_atomic(out_dir / name, records)
+    results["llm_records"] = counts
+    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2))

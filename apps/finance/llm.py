@@ -31,13 +31,55 @@ TYPOLOGY_REASONS = {
 }
 
 
+HISTORY_LEN = 4  # the account's previous transactions shown to the adjudicator
+
+
 def question(alert: dict[str, Any]) -> str:
     tx = alert.get("tx", {})
     signals = "; ".join(alert.get("reasons") or []) or "none"
-    return (f"{tx.get('type')} of {tx.get('amount')} {tx.get('currency')} via {tx.get('channel')} in "
+    text = (f"{tx.get('type')} of {tx.get('amount')} {tx.get('currency')} via {tx.get('channel')} in "
             f"{tx.get('country')} (mcc {tx.get('mcc')}), account {tx.get('account')} -> {tx.get('counterparty')}, "
             f"device {tx.get('device')}. Fast-tier score {float(alert.get('score', 0)):.2f}. "
-            f"Signals: {signals}. Fraud or legit?")
+            f"Signals: {signals}.")
+    if "history" in alert:
+        text += " " + render_history(tx, alert["history"])
+    return text + " Fraud or legit?"
+
+
+def render_history(tx: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    """The account's recent transactions, newest first, in words a small model can compare without
+    matching identifiers: minutes ago, type, amount, country, and same/other device."""
+    if not history:
+        return "History: none (first transaction seen)."
+    items = [f"{max(0.0, (float(tx.get('ts', h['ts'])) - float(h['ts'])) / 60):.0f} min ago {h['type']} "
+             f"{float(h['amount']):.0f} in {h['country']} on {'the same' if h['device'] == tx.get('device') else 'another'}"
+             f" device" for h in history]
+    return "History: " + "; ".join(items) + "."
+
+
+def recent_history(cols: dict[str, Any], rows, k: int = HISTORY_LEN) -> list[list[dict[str, Any]]]:
+    """For the given rows of a time-sorted column set, the same account's up to ``k`` previous
+    transactions (newest first): what the adjudicator knows beyond the fast tier's aggregates."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.lexsort((cols["ts"], cols["account"]))
+    pos = np.empty(len(order), dtype=np.int64)
+    pos[order] = np.arange(len(order))
+    acct = cols["account"]
+    out: list[list[dict[str, Any]]] = [[] for _ in range(len(rows))]
+    alive = np.ones(len(rows), dtype=bool)
+    for back in range(1, k + 1):
+        p = pos[rows] - back
+        ok = alive & (p >= 0)
+        prev = order[np.where(ok, p, 0)]
+        ok &= acct[prev] == acct[rows]
+        alive = ok
+        for i in np.flatnonzero(ok).tolist():
+            j = int(prev[i])
+            out[i].append({f: (cols[f][j].item() if hasattr(cols[f][j], "item") else cols[f][j])
+                           for f in ("ts", "type", "amount", "country", "device")})
+    return out
 
 
 def score_prompt(alert: dict[str, Any]) -> str:

@@ -29,6 +29,21 @@ def test_adjudicates_with_the_finance_adapter_on_the_real_server(model_server):
     assert abs(sum(probs.values()) - 1) < 1e-6 and row["label"] == max(probs, key=probs.get)
 
 
+def test_recent_history_is_the_same_accounts_previous_transactions():
+    import numpy as np
+
+    from apps.finance.llm import question, recent_history
+
+    cols = {"ts": np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), "account": np.array(["a", "b", "a", "a", "b", "a"]),
+            "type": np.array(["PAYMENT"] * 5 + ["TRANSFER"]), "amount": np.arange(1.0, 7.0),
+            "country": np.array(["GB"] * 6), "device": np.array(["d1", "d2", "d1", "d9", "d2", "d1"])}
+    hist = recent_history(cols, np.array([5, 1, 0]), k=2)
+    assert [h["ts"] for h in hist[0]] == [4.0, 3.0]      # newest first, at most k, only account a
+    assert hist[1] == [] and hist[2] == []                 # first transactions have no history
+    text = question({"tx": {k: v[5].item() for k, v in cols.items()}, "score": 0.5, "history": hist[0]})
+    assert "History: 0 min ago PAYMENT 4 in GB on another device; 0 min ago PAYMENT 3 in GB on the same device." in text
+
+
 def test_training_record_shape():
     rec = chat_record(_alerts(1)[0], True, "card_testing")
     assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant"]

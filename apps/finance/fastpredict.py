@@ -15,6 +15,7 @@ binary HGB model (e.g. a future classifier) falls back to the classifier's own `
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -75,10 +76,13 @@ def flatten_hgb(clf) -> FlatTrees:
             rows[new] = (int(n["feature_idx"]), child, float(n["num_threshold"]), flags, cat, 0.0)
             queue += [(int(n["left"]), child), (int(n["right"]), child + 1)]
     feature, child, threshold, flags, cat_row, leaf_value = zip(*rows)
-    i32 = lambda v: np.asarray(v, np.int32)  # noqa: E731
-    return FlatTrees(i32(roots), i32(feature), i32(child), np.asarray(threshold, np.float64),
-                     i32(flags), i32(cat_row), np.asarray(leaf_value, np.float64),
+    return FlatTrees(_i32(roots), _i32(feature), _i32(child), np.asarray(threshold, np.float64),
+                     _i32(flags), _i32(cat_row), np.asarray(leaf_value, np.float64),
                      np.asarray(cat_rows, np.uint32), known_cats, float(np.ravel(clf._baseline_prediction)[0]))
+
+
+def _i32(values) -> np.ndarray:
+    return np.asarray(values, np.int32)
 
 
 def _raw_scores_py(X, roots, feature, child, threshold, flags, cat_row, leaf_value, cat_left, known_cats,
@@ -92,7 +96,7 @@ def _raw_scores_py(X, roots, feature, child, threshold, flags, cat_row, leaf_val
                 fl = flags[node]
                 missing_right = (fl & MISSING_LEFT) == 0
                 # numeric split: x <= threshold goes left; NaN goes where training sent missing values
-                right = (x > threshold[node]) | ((x != x) & missing_right)
+                right = (x > threshold[node]) | (math.isnan(x) & missing_right)
                 if fl & CATEGORICAL:
                     # NaN/negative -> missing; in the left bitset -> left; another known category ->
                     # right; an unknown one -> missing. Codes are cast to uint8 as sklearn does.
@@ -117,18 +121,22 @@ class CompiledHGB:
     def __init__(self, clf, flat: FlatTrees, shift=None):
         self.clf, self.flat, self.shift = clf, flat, shift
 
-    def raw(self, X: np.ndarray) -> np.ndarray:
+    def raw(self, X: np.ndarray, n_trees: int | None = None) -> np.ndarray:
+        """Raw scores (log-odds); ``n_trees`` sums only the first trees (a cost/quality study, not the
+        scorer's path)."""
         f = self.flat
         if self.shift is not None:
             X = self.shift(X)
         X = np.ascontiguousarray(self.clf._preprocess_X(X, reset=False), dtype=np.float64)
         out = np.empty(len(X), np.float64)
-        _raw_scores(X, f.roots, f.feature, f.child, f.threshold, f.flags, f.cat_row, f.leaf_value,
+        _raw_scores(X, f.roots[:n_trees], f.feature, f.child, f.threshold, f.flags, f.cat_row, f.leaf_value,
                     f.cat_left, f.known_cats, f.baseline, out)
         return out
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        from scipy.special import expit  # what sklearn's HalfBinomialLoss.predict_proba uses
+        from scipy.special import (
+            expit,  # what sklearn's HalfBinomialLoss.predict_proba uses
+        )
 
         return expit(self.raw(X))
 

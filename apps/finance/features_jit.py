@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from apps.finance.features import _NEVER, TAU_1H, TAU_5M, FEATURE_NAMES
+from apps.finance.features import _NEVER, FEATURE_NAMES, TAU_1H, TAU_5M
 
 try:
     from numba import njit

@@ -92,10 +92,18 @@ class ScoredBatch:
                 for i, (t, s, a) in enumerate(zip(self.tx_ids, self.scores.tolist(), self.alert.tolist()))]
 
     def encoded(self) -> list[bytes]:
-        """One JSON document per output, the same bytes ``dumps(output)`` gives."""
-        reasons, name = self.reasons, self.model
-        return [dumps({"tx_id": t, "score": s, "alert": a, "reasons": reasons.get(i, []), "model": name})
-                for i, (t, s, a) in enumerate(zip(self.tx_ids, self.scores.tolist(), self.alert.tolist()))]
+        """One JSON document per output, the same bytes ``dumps(output)`` gives. The common case (no
+        alert) is filled into a template (3x cheaper than a dict per row through orjson); ids and the
+        model name still go through the JSON encoder, so any string is escaped correctly."""
+        if not self.n:
+            return []
+        tail = b',"alert":false,"reasons":[],"model":' + dumps(self.model) + b"}"
+        scores = dumps(self.scores.tolist())[1:-1].split(b",")  # JSON numbers never contain a comma
+        out = [b'{"tx_id":%b,"score":%b%b' % (t, s, tail) for t, s in zip(map(dumps, self.tx_ids), scores)]
+        for i in np.flatnonzero(self.alert).tolist():
+            out[i] = dumps({"tx_id": self.tx_ids[i], "score": float(self.scores[i]), "alert": True,
+                            "reasons": self.reasons.get(i, []), "model": self.model})
+        return out
 
 
 def _decode(raws: list[bytes]) -> tuple[list[Any], dict[int, str]]:

@@ -53,6 +53,7 @@ class ScorerStats:
     batches: int = 0
     batch_seconds: list[float] = field(default_factory=list)
     latencies_ms: list = field(default_factory=list)   # arrays, one per batch (record_latency only)
+    first_input_at: float | None = None    # wall time of the first non-empty poll
     first_output_at: float | None = None
     last_output_at: float | None = None
 
@@ -98,6 +99,7 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
                     last_stats, since_stats = now, 0
                 continue
             last_msg = now
+            stats.first_input_at = stats.first_input_at or time.time()
             t0 = time.perf_counter()
             result = scorer.score_raw(msgs.values)
             producer.send_many(TOPIC_SCORES, result.encoded(), [t.encode() for t in result.tx_ids])

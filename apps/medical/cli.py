@@ -40,7 +40,7 @@ def cmd_train(args, settings) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(data_dir=Path(args.data), out=out, iterations=args.iterations, seed=args.seed,
                       learning_rate=args.lr, samples_per_case=args.samples,
-                      max_seconds=args.max_seconds,
+                      max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every,
                       model=ModelConfig(spacing_mm=args.spacing, patch=args.patch,
                                         channels=tuple(int(c) for c in args.channels.split(",")),
                                         strides=(2,) * (len(args.channels.split(",")) - 1)))
@@ -114,6 +114,8 @@ def register(subparsers) -> None:
     p.add_argument("--spacing", type=float, default=1.0, help="isotropic analysis spacing in mm")
     p.add_argument("--channels", default="16,32,64,128", help="UNet channels per level (comma-separated)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop early (and save) after this long")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also save every N iterations, so a long run stopped early is usable (0 = end only)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
     p.add_argument("--seed", type=int, default=0)
 

@@ -61,7 +61,7 @@ def evaluate_case(net, model_cfg, case_dir: Path, cfg: EvalConfig) -> dict:
     prob = predict_probability(net, scale_transform()({"image": data["image"]})["image"], model_cfg)
     seconds = time.perf_counter() - t0
     candidates, _ = extract_findings(prob, hu, affine_c, native_affine, native_shape, list(range(1, native_shape[2] + 1)),
-                                     PostprocessConfig(threshold=cfg.candidate_threshold, max_findings=200))
+                                     PostprocessConfig(threshold=cfg.candidate_threshold, max_findings=200, min_score=0.0))
     nodules = truth["nodules"]
     used = set()
     per_nodule = []

@@ -37,6 +37,8 @@ class TrainConfig:
     log_every: int = 10
     max_seconds: float | None = None
     """Stop early (and still save) once training has run this long: a shared CPU can be slow."""
+    checkpoint_every: int = 0
+    """Also save every N iterations (0 = only at the end), so that a long run stopped early is usable."""
     model: ModelConfig = ModelConfig()
 
 
@@ -134,15 +136,15 @@ def train(cfg: TrainConfig) -> dict:
             if it % cfg.log_every == 0 and rank == 0:
                 log.info("iteration %d/%d loss %.4f (%.2f s/it)", it, cfg.iterations,
                          float(np.mean(losses[-cfg.log_every:])), float(np.mean(step_times[-cfg.log_every:])))
+            if rank == 0 and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations:
+                save_checkpoint(cfg.out, net, cfg.model, _summary(it, world, len(items), step_times, losses, partial=True))
             if cfg.max_seconds and time.perf_counter() - started > cfg.max_seconds:
                 log.warning("time budget of %.0f s reached after %d iterations: stopping", cfg.max_seconds, it)
                 stop = True
             if it >= cfg.iterations or stop:
                 break
     bar.close()
-    summary = {"iterations": it, "world_size": world, "cases_per_rank": len(items),
-               "seconds_per_iteration": round(float(np.median(step_times)), 4),
-               "first_loss": round(losses[0], 4), "last_loss": round(float(np.mean(losses[-10:])), 4)}
+    summary = _summary(it, world, len(items), step_times, losses, partial=False)
     if rank == 0:
         save_checkpoint(cfg.out, net, cfg.model, summary)
     if world > 1:
@@ -155,6 +157,12 @@ def train(cfg: TrainConfig) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _summary(it: int, world: int, n_cases: int, step_times: list[float], losses: list[float], partial: bool) -> dict:
+    return {"iterations": it, "world_size": world, "cases_per_rank": n_cases, "partial": partial,
+            "seconds_per_iteration": round(float(np.median(step_times)), 4),
+            "first_loss": round(losses[0], 4), "last_loss": round(float(np.mean(losses[-10:])), 4)}
 
 
 def save_checkpoint(path: Path, net, model_cfg: ModelConfig, summary: dict) -> None:

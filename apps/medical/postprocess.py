@@ -6,6 +6,12 @@ slice thickness): centre = mean voxel position through the affine (patient LPS m
 voxel volume, mean HU, and type from the share of solid voxels (> -300 HU): solid, part-solid or
 ground glass. Each finding also carries a location (patient side and zone of the scanned range)
 and the nearest source image number, the kind of references a report uses.
+
+A finding's ``score`` is the component's peak probability times a shape factor: vessels and vessel
+crossings are the typical false positives and they are elongated, whereas nodules are roughly
+ellipsoidal (axis ratio <= ~1.5). Elongation = sqrt(largest / smallest variance of the voxel
+positions along the principal axes, each variance plus voxel^2/12 for the voxel's own extent); the
+score is multiplied by exp(-penalty x max(0, elongation - free)).
 """
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ class PostprocessConfig:
     threshold: float = 0.5
     min_volume_mm3: float = 8.0   # below ~2.5 mm diameter: noise, not a reportable nodule
     max_findings: int = 30        # keep the most confident ones; more is a failed scan, not a report
+    elongation_free: float = 1.6  # nodules (axis ratio 0.8-1.0, partial volume) stay below this
+    elongation_penalty: float = 1.5
+    min_score: float = 0.5        # report only findings whose shape-weighted score reaches this
 
 
 @dataclass
@@ -32,6 +41,8 @@ class Finding:
     mean_hu: float
     type: str
     score: float
+    probability: float
+    elongation: float
     side: str
     zone: str
     image_number: int
@@ -60,6 +71,18 @@ def _longest_diameter(points_mm: np.ndarray, voxel_mm: float) -> float:
         except QhullError:  # flat / degenerate component: compare all points instead
             pts = points_mm
     return float(pdist(pts).max() if len(pts) > 1 else 0.0) + voxel_mm
+
+
+def elongation(points_mm: np.ndarray, voxel_mm: float) -> float:
+    """sqrt of the largest over the smallest principal variance (1 = round)."""
+    if len(points_mm) < 2:
+        return 1.0
+    var = np.linalg.eigvalsh(np.cov(points_mm.T)) + voxel_mm ** 2 / 12
+    return float(np.sqrt(var.max() / var.min()))
+
+
+def shape_weight(elong: float, cfg: PostprocessConfig) -> float:
+    return float(np.exp(-cfg.elongation_penalty * max(0.0, elong - cfg.elongation_free)))
 
 
 def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, native_affine: np.ndarray,
@@ -94,17 +117,20 @@ def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, nativ
         center = mm[:, :3].mean(0)
         values = hu[box][local]
         frac = (center[2] - z_lo) / max(z_hi - z_lo, 1e-6)
+        elong = elongation(mm[:, :3], voxel_mm)
+        peak = float(prob[box][local].max())
         k_native = int(np.clip(round((native_inv @ np.r_[center, 1.0])[2]), 0, native_shape[2] - 1))
         findings.append(Finding(
             id=idx, center_mm=[round(float(v), 1) for v in center],
             longest_diameter_mm=round(_longest_diameter(mm[:, :3], voxel_mm), 1),
             volume_mm3=round(len(vox) * voxel_mm3, 1), mean_hu=round(float(values.mean()), 0),
-            type=nodule_type(values), score=round(float(prob[box][local].max()), 3),
+            type=nodule_type(values), score=round(peak * shape_weight(elong, cfg), 3), probability=round(peak, 3),
+            elongation=round(elong, 2),
             side="left" if center[0] > mid_x else "right",  # LPS: +x points to the patient's left
             zone="upper" if frac > 2 / 3 else "middle" if frac > 1 / 3 else "lower",
             image_number=int(image_numbers[k_native]),
         ))
-    findings = sorted(findings, key=lambda f: -f.score)[:cfg.max_findings]
+    findings = sorted((f for f in findings if f.score >= cfg.min_score), key=lambda f: -f.score)[:cfg.max_findings]
     # Largest first, renumbered so that ids in the report, the SEG and the label map agree.
     findings.sort(key=lambda f: -f.longest_diameter_mm)
     relabelled = np.zeros(comp.shape, dtype=np.int16)

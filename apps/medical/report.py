@@ -1,7 +1,10 @@
 """Radiology report: structured template, fact check against findings.json, and the release policy.
 
-Policy (``make_report``): ask the ``medical`` adapter for a report; check every number, size, count,
-nodule reference and location in it against the findings; if the check fails, regenerate once
+Policy (``make_report``): ask the ``medical`` adapter for a report; the adapter writes the wording and
+puts *slots* where a measured value goes (``[n]`` the count, ``[d2]`` nodule 2's diameter, ``[i2]`` its
+image number, ``[history]``); :func:`fill_slots` copies those values from findings.json. Numbers the
+model writes itself are kept as written. Then check every number, size, count, nodule reference,
+location and type in the filled text against the findings; if the check fails, regenerate once
 (sampling, different seed) while the time budget allows; if it still fails or the server is down,
 release the structured template instead. The check result and every attempt are recorded.
 """
@@ -14,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 NUMBER_WORDS = {"no": 0, "zero": 0, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5,
                 "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _NUM = r"-?\d+(?:\.\d+)?"
+_SLOT = re.compile(r"\[(n|history|[dvhi]\d+)\]")
+_ANY_SLOT = re.compile(r"\[[a-z]+\d*\]")
+_TYPE = re.compile(r"\b(part-solid|ground glass|solid)\b")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,70 @@ def template_report(findings: list[dict], history: str | None) -> str:
     lines.append(f"Impression: {n} pulmonary nodule{'s' if n > 1 else ''}; largest {largest['longest_diameter_mm']:.1f} mm "
                  f"({largest['type']}, {largest['side']} {largest['zone']} zone).")
     return "\n".join(lines)
+
+
+def slot_report(findings: list[dict], history: str | None) -> str:
+    """The report as the adapter is trained to write it: wording, with slots for every measured value."""
+    lines = ["CT CHEST - AUTOMATED LUNG NODULE ANALYSIS"]
+    if history:
+        lines.append("Clinical history: [history]")
+    n = len(findings)
+    if not n:
+        return "\n".join(lines + ["Findings: no pulmonary nodules.", "Impression: no pulmonary nodules."])
+    plural = "s" if n > 1 else ""
+    lines.append(f"Findings: [n] pulmonary nodule{plural}.")
+    lines += [f"Nodule {f['id']}: {f['type']}, [d{f['id']}] mm, {f['side']} {f['zone']}, image [i{f['id']}]." for f in findings]
+    big = max(findings, key=lambda f: f["longest_diameter_mm"])
+    lines.append(f"Impression: [n] pulmonary nodule{plural}, largest [d{big['id']}] mm ({big['type']}, {big['side']} {big['zone']}).")
+    return "\n".join(lines)
+
+
+def fill_slots(text: str, findings: list[dict], history: str | None) -> str:
+    """Copy values from the findings into the slots; a slot naming no such nodule is left as written
+    (verification then fails on it)."""
+    by_id = {int(f["id"]): f for f in findings}
+
+    def value(m: re.Match) -> str:
+        key = m.group(1)
+        if key == "n":
+            return str(len(findings))
+        if key == "history":
+            return history.strip() if history else m.group(0)
+        f = by_id.get(int(key[1:]))
+        if f is None:
+            return m.group(0)
+        return {"d": f"{float(f['longest_diameter_mm']):.1f}", "v": f"{float(f['volume_mm3']):.1f}",
+                "h": f"{float(f['mean_hu']):.0f}", "i": str(f["image_number"])}[key[0]]
+
+    return _SLOT.sub(value, text)
+
+
+def _check_nodule_statements(body_l: str, findings: list[dict]) -> list[str]:
+    """In "Nodule k ..." up to the end of its line (or the next nodule reference), every size,
+    location and type must be nodule k's own, not merely some nodule's."""
+    problems = []
+    by_id = {int(f["id"]): f for f in findings}
+    refs = list(re.finditer(r"nodule\s+#?(\d+)", body_l))
+    for idx, m in enumerate(refs):
+        f = by_id.get(int(m.group(1)))
+        if f is None:
+            continue  # reported by the reference check
+        end = body_l.find("\n", m.end())
+        end = len(body_l) if end < 0 else end
+        if idx + 1 < len(refs):
+            end = min(end, refs[idx + 1].start())
+        seg = body_l[m.end():end]
+        for s in re.finditer(rf"({_NUM})\s*(mm|cm)\b(?!\s*(?:3|\^3|³))", seg):
+            value = float(s.group(1)) * (10 if s.group(2) == "cm" else 1)
+            if abs(value - float(f["longest_diameter_mm"])) > 0.15:
+                problems.append(f"nodule {f['id']}: size {s.group(0)!r} is not its diameter {f['longest_diameter_mm']}")
+        for s in re.finditer(r"\b(right|left)\s+(upper|middle|lower)\b", seg):
+            if (s.group(1), s.group(2)) != (f["side"], f["zone"]):
+                problems.append(f"nodule {f['id']}: location {s.group(0)!r} is not its {f['side']} {f['zone']}")
+        for s in _TYPE.finditer(seg):
+            if s.group(1) != str(f["type"]).replace("_", " "):
+                problems.append(f"nodule {f['id']}: type {s.group(1)!r} is not its {f['type']}")
+    return problems
 
 
 def verify_report(text: str, findings: list[dict], history: str | None = None) -> Verification:
@@ -111,6 +181,9 @@ def verify_report(text: str, findings: list[dict], history: str | None = None) -
         checked += 1
         if (m.group(1), m.group(2)) not in pairs:
             problems.append(f"location {m.group(0)!r} matches no nodule")
+    problems += _check_nodule_statements(body_l, findings)
+    for m in _ANY_SLOT.finditer(body_l):
+        problems.append(f"slot {m.group(0)!r} names no value of the findings")
     if not count_stated:
         problems.append("the number of nodules is not stated")
     if n and re.search(r"\bno (?:pulmonary )?nodules?\b", body_l):
@@ -130,14 +203,16 @@ def make_report(findings: list[dict], history: str | None, generate, cfg: Report
             attempts.append({"attempt": attempt, "skipped": f"time budget: {elapsed:.2f} s of {cfg.time_budget_s} s used"})
             break
         try:
-            text = generate(findings, history, attempt)
+            raw = generate(findings, history, attempt)
         except Exception as exc:  # noqa: BLE001 - server down or refusing: the template still goes out, labelled
             unreachable = isinstance(exc, OSError) or type(exc).__name__ in ("ModelUnavailable", "APIConnectionError")
             attempts.append({"attempt": attempt, "error": f"{type(exc).__name__}: {str(exc)[:200]}",
                              "kind": "model server unavailable" if unreachable else "LLM request rejected"})
             break
+        text = fill_slots(raw, findings, history)
         check = verify_report(text, findings, history)
-        attempts.append({"attempt": attempt, "verification": asdict(check), "text": text})
+        attempts.append({"attempt": attempt, "verification": asdict(check), "text": text}
+                        | ({"model_text": raw} if raw != text else {}))
         if check.ok:
             return {"text": text, "source": "llm:medical", "verified": True, "verification": asdict(check),
                     "attempts": attempts, "seconds": round(time.perf_counter() - start, 3)}

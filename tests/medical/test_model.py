@@ -120,3 +120,49 @@ def test_dashboard_shows_study_slices_findings_and_report(service_outputs, monke
     assert not app.exception
     assert any("Report" in s.value for s in app.subheader)
     assert app.metric[0].value is not None
+
+
+def _tube_and_spheres(shape=(48, 48, 48)):
+    """Lung-like background, two nodules (a big and a small sphere) and one vessel-like tube."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    big = np.linalg.norm(grid - [14, 14, 24], axis=-1) <= 5
+    small = np.linalg.norm(grid - [34, 34, 24], axis=-1) <= 1.5
+    tube = (np.linalg.norm(grid[..., :2] - [34, 12], axis=-1) <= 1.5) & (grid[..., 2] > 8) & (grid[..., 2] < 40)
+    return big, small, tube
+
+
+def test_patch_weights_balance_nodules_and_single_out_vessels():
+    import torch
+
+    from apps.medical.transforms import NoduleBalancedWeightd, scale_transform
+
+    big, small, tube = _tube_and_spheres()
+    hu = np.full(big.shape, -850.0, dtype=np.float32)
+    hu[big | small | tube] = 40.0
+    data = scale_transform()({"image": torch.as_tensor(hu)[None], "label": torch.as_tensor((big | small).astype(np.float32))[None]})
+    w = NoduleBalancedWeightd(positive_mass=0.5, hard_negative_mass=0.3)(data)["weight"][0].numpy()
+    assert w.sum() == pytest.approx(1.0, abs=1e-4)
+    # each nodule gets the same share although the big one has ~40x the voxels
+    assert w[big].sum() == pytest.approx(0.25, abs=0.01) and w[small].sum() == pytest.approx(0.25, abs=0.01)
+    assert w[tube].sum() == pytest.approx(0.3, abs=0.03)  # the vessel is a hard negative
+    background = ~(big | small | tube)
+    assert w[background].max() < w[tube].min()
+    with pytest.raises(ValueError, match="must be < 1"):
+        NoduleBalancedWeightd(positive_mass=0.7, hard_negative_mass=0.3)
+
+
+def test_elongated_components_score_below_round_ones():
+    from apps.medical.postprocess import PostprocessConfig, extract_findings
+
+    big, small, tube = _tube_and_spheres()
+    prob = np.where(big | tube, 0.95, 0.0).astype(np.float32)
+    hu = np.where(big | tube, 40.0, -850.0)
+    affine = np.eye(4)
+    findings, _ = extract_findings(prob, hu, affine, affine, big.shape, list(range(1, 49)), PostprocessConfig(min_score=0.0))
+    by_size = sorted(findings, key=lambda f: f.volume_mm3)
+    sphere, vessel = (by_size[0], by_size[1]) if by_size[0].elongation < by_size[1].elongation else (by_size[1], by_size[0])
+    assert sphere.elongation < 1.2 and vessel.elongation > 4
+    assert sphere.score == pytest.approx(0.95, abs=0.01) and vessel.score < 0.05 and vessel.probability == 0.95
+    # the default operating point drops the vessel from what is reported
+    reported, _ = extract_findings(prob, hu, affine, affine, big.shape, list(range(1, 49)))
+    assert [f.elongation for f in reported] == [sphere.elongation]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from apps.medical.ingest import scan_folder
 from apps.medical.postprocess import Finding, extract_findings
 from apps.medical.report import (
     ReportConfig,
+    fill_slots,
     make_report,
     template_report,
     verify_report,
@@ -29,7 +31,8 @@ def test_seg_reads_back_and_references_source_series(synth_cases, tmp_path):
     series, _ = scan_folder(data / rec["case_id"] / "dicom", lambda u: "S")
     s = series[0]
     mask = np.load(data / rec["case_id"] / "truth" / "mask.npy")
-    findings = [Finding(1, [0, 0, 0], 5.0, 50.0, 20.0, "solid", 0.9, "left", "upper", 3)]
+    findings = [Finding(id=1, center_mm=[0, 0, 0], longest_diameter_mm=5.0, volume_mm3=50.0, mean_hu=20.0, type="solid",
+                        score=0.9, probability=0.9, elongation=1.1, side="left", zone="upper", image_number=3)]
     path = tmp_path / "seg.dcm"
     write_segmentation(path, s.headers, mask, findings, "PAT-abc")
     seg = pydicom.dcmread(path)
@@ -175,7 +178,7 @@ def test_segment_command_writes_no_identifier_anywhere(tmp_path, tiny_medical_mo
 
 
 def test_finetune_records_and_config(tmp_path):
-    """Every training target passes the same check the app applies; the adapter config loads."""
+    """Every training target, its slots filled from the prompt's findings, passes the app's check."""
     from apps.medical.llm import write_finetune_data
 
     path = tmp_path / "train.jsonl"
@@ -185,17 +188,19 @@ def test_finetune_records_and_config(tmp_path):
         assert [m["role"] for m in messages] == ["system", "user", "assistant"]
         user = messages[1]["content"]
         findings = []
-        for line in user.splitlines()[2:-1]:  # "<id>: <type>, <d> mm, <v> mm3, <hu> HU, <side> <zone>, image <n>"
+        for line in user.splitlines()[2:-1]:  # "<id>: <type>, <d> mm, <side> <zone>"
             ident, rest = line.split(": ", 1)
-            kind, d, v, hu, loc, image = rest.split(", ")
+            kind, d, loc = rest.split(", ")
             findings.append({"id": int(ident), "type": kind, "longest_diameter_mm": float(d.split()[0]),
-                             "volume_mm3": float(v.split()[0]), "mean_hu": float(hu.split()[0]),
-                             "side": loc.split()[0], "zone": loc.split()[1], "image_number": int(image.split()[1]),
-                             "center_mm": []})
+                             "volume_mm3": 1.0, "mean_hu": 0.0, "side": loc.split()[0], "zone": loc.split()[1],
+                             "image_number": 7, "center_mm": []})
         assert len(findings) == int(user.splitlines()[1].split(": ")[1])
         history = user.split("Clinical history: ", 1)[1].split("\n", 1)[0]
         history = None if history == "not given" else history
-        assert verify_report(messages[2]["content"], findings, history).ok
+        target = messages[2]["content"]
+        # the adapter is taught slots, never digits, for measured values (only "Nodule <id>" refers by number)
+        assert not re.search(r"\d", re.sub(r"Nodule \d+|\[[a-z]+\d*\]", "", target)), target
+        assert verify_report(fill_slots(target, findings, history), findings, history).ok
     core_config = pytest.importorskip("core.finetune.config")
     cfg = core_config.load_config(Path(__file__).resolve().parents[2] / "apps" / "medical" / "finetune.yaml",
                                   home=tmp_path)
@@ -226,3 +231,20 @@ def test_pipeline_on_real_pydicom_files(tmp_path, tiny_medical_model):
         record = json.loads((out / item["series"] / "findings.json").read_text())
         assert record["slices"] == 1 and record["report"]["verified"]
         assert record["nodule_count"] == len(record["nodules"])
+
+
+def test_slots_are_filled_from_the_findings_and_misplaced_values_are_caught():
+    from apps.medical.report import slot_report
+
+    raw = slot_report(FINDINGS, "Screening CT.")
+    assert "8.4" not in raw and "[d1]" in raw
+    filled = fill_slots(raw, FINDINGS, "Screening CT.")
+    assert "Nodule 1: solid, 8.4 mm, right upper, image 23." in filled and "Findings: 2 pulmonary nodules." in filled
+    assert verify_report(filled, FINDINGS, "Screening CT.").ok
+    # a slot on the wrong nodule, a nodule that does not exist, a swapped location or type all fail
+    for wrong in (raw.replace("solid, [d1]", "solid, [d2]"), raw.replace("[i2]", "[i3]"),
+                  raw.replace("Nodule 2: ground glass, [d2] mm, left lower", "Nodule 2: ground glass, [d2] mm, right upper"),
+                  raw.replace("Nodule 1: solid", "Nodule 1: part-solid")):
+        assert not verify_report(fill_slots(wrong, FINDINGS, "Screening CT."), FINDINGS, "Screening CT.").ok, wrong
+    out = make_report(FINDINGS, None, lambda f, h, a: slot_report(f, h))
+    assert out["source"] == "llm:medical" and out["attempts"][0]["model_text"] != out["text"]

@@ -186,6 +186,17 @@ def cmd_advice_data(args, settings) -> int:
     return 0
 
 
+def cmd_advice_check(args, settings) -> int:
+    from core.client import ModelClient
+
+    from .llm import check_advice
+
+    client = ModelClient(settings.server_url, settings.api_key, max_retries=0)
+    result = check_advice(client, args.data, args.limit)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_publish(args, settings) -> int:
     from shared.broker import ensure_topics
 
@@ -276,6 +287,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="JSONL file of chat records")
     p.add_argument("--devices", type=int, default=300, help="simulated machines (80 %% develop a fault)")
     p.add_argument("--seed", type=int, default=7, help="simulation seed (use another one for a validation set)")
+
+    p = add_command(g, "advice-check", cmd_advice_check, "Ask the manufacturing adapter (model server at "
+                    "DSV_SERVER_URL) for advice on each prompt of a chat file and report how often its own "
+                    "text names every deviating sensor (else the labelled template is used).")
+    p.add_argument("--data", required=True, help="chat records from `advice-data` (e.g. the validation set)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many records")
 
     p = add_command(g, "publish", cmd_publish, "Publish records from a file to the Kafka 'sensors' topic.")
     p.add_argument("--input", required=True, help="records (.csv/.parquet/dir)")

@@ -26,6 +26,8 @@ from .windows import observed_fraction, sliding_windows
 
 log = logging.getLogger(__name__)
 
+SCORED = ("contrastive", "static_thresholds", "zscore", "zscore_device_profiles")
+
 
 @dataclass
 class EventMetrics:
@@ -91,17 +93,26 @@ def fleet_scores(model: HealthModel, fleet: Fleet) -> dict:
     win, ends = sliding_windows(fleet.values, cfg.window, cfg.stride)
     n, k = win.shape[:2]
     flat = win.reshape(-1, cfg.window, len(cfg.sensors))
-    res = model.score_windows(flat)
-    return {
+    profiles = model.device_profiles(fleet.values, ends)
+    res = model.score_windows(flat, None if profiles is None else profiles.reshape(-1, *profiles.shape[2:]))
+    out = {
         "end_ts": fleet.ts[ends],
         "valid": (observed_fraction(flat) >= 0.5).reshape(n, k),
         "contrastive": res["distance"].reshape(n, k),
         "zscore": zscore_scores(res["z"]).reshape(n, k),
         "static_thresholds": static_threshold_scores(flat, model.normalizer).reshape(n, k),
     }
+    if model.uses_profiles:
+        # Not a baseline of the issue: the z-score given the model's per-device profiles too, to show
+        # how much of the model's gain is the profile itself and how much the encoder.
+        out["zscore_device_profiles"] = zscore_scores(res["z_device"]).reshape(n, k)
+    return out
 
 
-def evaluate_fleet(model: HealthModel, fleet: Fleet, target_recall: float | None = None) -> dict:
+def evaluate_fleet(model: HealthModel, fleet: Fleet, target_recall: float | None = None,
+                   extra_targets: tuple[float, ...] = ()) -> dict:
+    """``target_recall`` None = the model's recall at its untuned default threshold; every method is
+    compared there, and (``at_recall``) at each of ``extra_targets`` as well."""
     cfg = model.cfg
     s = fleet_scores(model, fleet)
     onset = fleet.labels["onset_ts"].to_numpy(np.int64)
@@ -115,7 +126,7 @@ def evaluate_fleet(model: HealthModel, fleet: Fleet, target_recall: float | None
     target = default.recall if target_recall is None else target_recall
     methods = {name: sweep(s[name], s["valid"], s["end_ts"], onset, failure, step_s, cfg.enter_after,
                            cfg.leave_after, target)
-               for name in ("contrastive", "static_thresholds", "zscore")}
+               for name in SCORED if name in s}
     out = {"data": "SYNTHETIC fleet (apps/manufacturing/simulate.py)", "devices": len(fleet.device_ids),
            "faults": int((onset >= 0).sum()), "target_recall": round(target, 4),
            "contrastive_default": default.as_dict(),
@@ -124,8 +135,31 @@ def evaluate_fleet(model: HealthModel, fleet: Fleet, target_recall: float | None
     for base in ("static_thresholds", "zscore"):
         if fa[base] > 0:
             out[f"false_alarm_reduction_vs_{base}"] = round(1 - fa["contrastive"] / fa[base], 4)
+    # Where the false alarms at equal recall come from: which machines, and how far into their history.
+    out["false_alarm_sources"] = {
+        name: _false_alarm_sources(s, name, methods[name].threshold, fleet.device_ids, onset, cfg)
+        for name in ("contrastive", "zscore")}
+    out["at_recall"] = {
+        str(t): {name: sweep(s[name], s["valid"], s["end_ts"], onset, failure, step_s, cfg.enter_after,
+                             cfg.leave_after, t).as_dict() for name in SCORED if name in s}
+        for t in extra_targets}
     out["window_auroc"] = _window_auroc(s, onset, failure)
     return out
+
+
+def _false_alarm_sources(s: dict, name: str, threshold: float, device_ids, onset, cfg) -> dict:
+    """False alarms at ``threshold``: total, the machines raising most of them, and how many fell in
+    a machine's first 24 h (its commissioning day, when its profile is still being learnt)."""
+    low = (s[name] > threshold) & s["valid"]
+    alerts, _ = apply_hysteresis(low, cfg.enter_after, cfg.leave_after, valid=s["valid"])
+    starts = alerts & ~np.concatenate([np.zeros((len(alerts), 1), bool), alerts[:, :-1]], axis=1)
+    healthy = (onset[:, None] < 0) | (s["end_ts"][None, :] < onset[:, None])
+    dev, k = np.nonzero(starts & healthy & s["valid"])
+    ids, counts = np.unique(dev, return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:5]
+    return {"total": len(dev), "machines": len(ids),
+            "top_machines": {str(device_ids[ids[i]]): int(counts[i]) for i in top},
+            "in_first_24h": int((s["end_ts"][k] - s["end_ts"][0] < 86400).sum())}
 
 
 def _window_auroc(s: dict, onset, failure) -> dict:
@@ -140,7 +174,7 @@ def _window_auroc(s: dict, onset, failure) -> dict:
         return {}
     y = np.r_[np.zeros(healthy.sum()), np.ones(late.sum())]
     return {name: round(float(roc_auc_score(y, np.r_[s[name][healthy], s[name][late]])), 4)
-            for name in ("contrastive", "static_thresholds", "zscore")}
+            for name in SCORED if name in s}
 
 
 # ------------------------------------------------------------------------------------ Shuttle

@@ -19,6 +19,7 @@ SYSTEM = ("You are a reliability engineer. From a machine's health score, its tr
           "deviating from normal for the current operating regime, write a short maintenance "
           "recommendation: the likely cause and the next action, in at most three sentences.")
 FALLBACK_LABEL = "[template advice - model server unavailable]"
+CHECK_FAILED_LABEL = "[template advice - the adapter's text did not name the deviating sensors]"
 
 # What each deviating sensor usually means and what to do about it (the template's knowledge).
 SENSOR_HINTS = {
@@ -75,20 +76,42 @@ def template_advice(ctx: AlertContext) -> str:
     what, action = SENSOR_HINTS.get(name, (f"{name} off its normal band", f"inspect what drives {name}"))
     others = ", ".join(n for n, _ in ctx.contributing[1:])
     trend = "falling" if ctx.health_change < -5 else "steady"
-    return (f"Device {ctx.device_id} (health {ctx.health:.0f}/100, {trend}): {what}"
-            f"{' together with ' + others if others else ''}. Recommended: {action}"
+    # Names every deviating sensor, so the template passes the same check as the adapter's text.
+    return (f"Device {ctx.device_id} (health {ctx.health:.0f}/100, {trend}): {name} {z:+.1f} sigma, {what}"
+            f"{', together with ' + others if others else ''}. Recommended: {action}"
             f"{' within 24 h' if ctx.health < 30 else ' at the next planned stop'}.")
 
 
+def sensor_phrase(contributing: list[tuple[str, float]]) -> str:
+    """``[("temperature", 4.2), ("current", 2.1)]`` -> "The temperature and current readings are off
+    normal for this regime"."""
+    names = [name for name, _ in contributing]
+    joined = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"The {joined} reading{' is' if len(names) == 1 else 's are'} off normal for this regime"
+
+
+def missing_sensors(text: str, ctx: AlertContext) -> list[str]:
+    """The deviating sensors of ``ctx`` that ``text`` does not name (as a whole word). Advice that
+    does not say which sensors it is about cannot be checked by the engineer against the trace, so
+    such text from the adapter is not shown (``advise`` falls back to the labelled template)."""
+    return [name for name, _ in ctx.contributing if not re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", text)]
+
+
 def advise(client, ctx: AlertContext) -> Advice:
-    """Ask the ``manufacturing`` adapter; on any server problem fall back to the labelled template."""
+    """Ask the ``manufacturing`` adapter. Its text is used only if it names every deviating sensor;
+    otherwise, and on any server problem, the answer is the rule template, labelled as such."""
     from core.client import ModelRequestError, ModelUnavailable
 
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ctx.prompt()}]
     try:
         text = client.chat(model=ADAPTER, messages=messages, max_tokens=120, temperature=0.0).strip()
-        if text:
+        missing = missing_sensors(text, ctx)
+        if text and not missing:
             return Advice(text, f"model:{ADAPTER}")
+        if text:
+            log.warning("advice for %s from the template: the adapter's text does not name %s: %r",
+                        ctx.device_id, ", ".join(missing), text[:200])
+            return Advice(f"{CHECK_FAILED_LABEL} {template_advice(ctx)}", "fallback-check")
         reason = "empty answer"
     except ModelUnavailable as exc:
         reason = f"unavailable ({exc})"
@@ -96,6 +119,35 @@ def advise(client, ctx: AlertContext) -> Advice:
         reason = f"refused ({exc})"
     log.warning("advice for %s from the template: model server %s", ctx.device_id, reason)
     return Advice(f"{FALLBACK_LABEL} {template_advice(ctx)}", "fallback-template")
+
+
+def check_advice(client, records_path: str | Path, limit: int | None = None) -> dict:
+    """How often the adapter's own text passes the sensor check, over chat records written by
+    ``build_advice_dataset`` (the user turn is the run-time prompt; its deviating sensors are parsed
+    back from it). Returns counts, the pass rate and a few failing examples."""
+    from shared.io import read_jsonl
+
+    sources: dict[str, int] = {}
+    failures, passes = [], []
+    n = 0
+    for rec in read_jsonl(records_path):
+        if limit is not None and n >= limit:
+            break
+        user = next(m["content"] for m in rec["messages"] if m["role"] == "user")
+        m = re.match(r"Device (\S+): health (\d+)/100 \(([+-]\d+) over the last ([\d.]+) h\)", user)
+        listed = user.split("Deviating sensors: ", 1)[1].split(". What should", 1)[0]
+        contributing = [(name, float(z)) for name, z in re.findall(r"([\w.-]+) ([+-][\d.]+) sigma", listed)]
+        ctx = AlertContext(m.group(1), float(m.group(2)), float(m.group(3)), float(m.group(4)), contributing, True)
+        advice = advise(client, ctx)
+        sources[advice.source] = sources.get(advice.source, 0) + 1
+        kept = passes if advice.source == f"model:{ADAPTER}" else failures
+        if len(kept) < 5:
+            kept.append({"prompt": user, "advice": advice.text})
+        n += 1
+    passed = sources.get(f"model:{ADAPTER}", 0)
+    return {"records": n, "sources": sources, "adapter_text_passed": passed,
+            "pass_rate": round(passed / max(n, 1), 4),
+            "examples_passed": passes, "examples_not_passed": failures}
 
 
 def context_from_history(db: str | Path, device_id: str, lookback: int = 8) -> AlertContext:
@@ -167,7 +219,10 @@ def build_advice_dataset(out: str | Path, devices: int = 300, seed: int = 7, day
         progress = (end_ts[j] - onset[i]) / (failure[i] - onset[i])
         health = float(np.clip(60 - 60 * progress + rng.normal(0, 5), 2, 49))
         ctx = AlertContext(str(lab.device_id[i]), health, -float(rng.uniform(10, 50)), 2.0, contrib, True)
-        answer = FAULT_ADVICE[lab.fault[i]].format(sensor=lab.fault_sensor[i] or "affected")
+        # The answer names the deviating sensors first (as the prompt spells them), then the cause
+        # and the action, so the adapter learns to say what its advice is about (``missing_sensors``).
+        advice = FAULT_ADVICE[lab.fault[i]].format(sensor=lab.fault_sensor[i] or "affected")
+        answer = f"{sensor_phrase(contrib)}. {advice}" if contrib else advice
         records.append({"messages": [{"role": "system", "content": SYSTEM},
                                      {"role": "user", "content": ctx.prompt()},
                                      {"role": "assistant", "content": answer}]})

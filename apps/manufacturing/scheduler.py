@@ -2,7 +2,8 @@
 batch, apply alert hysteresis per device, and store the cycle in SQLite.
 
 State that must survive a restart lives in the SQLite file and is written in ONE transaction per
-cycle: the scores, the per-device hysteresis state and the replay clock. A crash mid-cycle therefore
+cycle: the scores, the per-device hysteresis state, the per-device profiles (``profiles.py``: each
+machine's own normal, learnt cycle by cycle from its first day) and the replay clock. A crash mid-cycle therefore
 leaves the previous cycle intact, and a restarted scheduler carries on from it (same streaks, next
 cycle id). With Kafka as the source, the consumer's offsets are committed only after that
 transaction (and after the record buffer is saved), so a crash re-reads, never loses, records;
@@ -23,6 +24,7 @@ import pandas as pd
 
 from .data import KafkaSensorReader, ReadReport, read_table, validate_frame
 from .pipeline import HealthModel
+from .profiles import ProfileState
 from .scoring import HysteresisState, apply_hysteresis, contributing_sensors
 from .windows import MIN_OBSERVED, latest_windows, observed_fraction, to_grid
 
@@ -39,6 +41,8 @@ CREATE INDEX IF NOT EXISTS scores_cycle ON scores (cycle_id);
 CREATE TABLE IF NOT EXISTS device_state (
     device_id TEXT PRIMARY KEY, low_streak INTEGER, high_streak INTEGER, in_alert INTEGER, last_ts INTEGER);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS device_profile (
+    device_id TEXT PRIMARY KEY, taken INTEGER, sums BLOB, counts BLOB);
 """
 
 
@@ -72,7 +76,21 @@ class HistoryStore:
                              np.array(rows["in_alert"].fillna(0), dtype=bool))
         return st, np.array(rows["last_ts"].fillna(-1), dtype=np.int64)
 
-    def save_cycle(self, cycle: dict, scores: pd.DataFrame, state: pd.DataFrame, meta: dict) -> None:
+    def load_profiles(self, device_ids: np.ndarray, n_regimes: int, n_sensors: int) -> ProfileState:
+        """Each device's running profile (fresh for a device not seen before)."""
+        prof = ProfileState.fresh(len(device_ids), n_regimes, n_sensors)
+        pos = {d: i for i, d in enumerate(device_ids)}
+        shape = (n_regimes, n_sensors)
+        for dev, taken, sums, counts in self.conn.execute("SELECT * FROM device_profile"):
+            i = pos.get(dev)
+            if i is not None:
+                prof.taken[i] = taken
+                prof.sums[i] = np.frombuffer(sums, np.float32).reshape(shape)
+                prof.counts[i] = np.frombuffer(counts, np.float32).reshape(shape)
+        return prof
+
+    def save_cycle(self, cycle: dict, scores: pd.DataFrame, state: pd.DataFrame, meta: dict,
+                   profiles: list[tuple] = ()) -> None:
         with self.conn:  # one transaction: all of the cycle or none of it
             self.conn.execute(
                 "INSERT INTO cycles VALUES (:cycle_id, :started_at, :data_until, :n_devices, :n_scored,"
@@ -86,6 +104,7 @@ class HistoryStore:
                 state[["device_id", "low_streak", "high_streak", "in_alert", "last_ts"]]
                 .itertuples(index=False, name=None))
             self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+            self.conn.executemany("INSERT OR REPLACE INTO device_profile VALUES (?, ?, ?, ?)", profiles)
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -211,8 +230,13 @@ class Scheduler:
         cycle_id = self.store.last_cycle_id() + 1
         scores = pd.DataFrame(columns=["cycle_id", "device_id", "ts", "health", "alert", "contributing_sensors"])
         n_alerts = int(state.in_alert.sum())
+        profile_rows: list[tuple] = []
         if len(idx):
-            res = self.model.score_windows(windows[idx])
+            profiles = None
+            if self.model.uses_profiles:
+                profiles, profile_rows = self._update_profiles(device_ids[idx], windows[idx], end_ts[idx],
+                                                               last_ts[idx])
+            res = self.model.score_windows(windows[idx], profiles)
             low = (res["health"] < self.model.cfg.alert_below)[:, None]
             sub = HysteresisState(state.low_streak[idx], state.high_streak[idx], state.in_alert[idx])
             alerts, new = apply_hysteresis(low, self.model.cfg.enter_after, self.model.cfg.leave_after, sub)
@@ -223,7 +247,7 @@ class Scheduler:
             scores = pd.DataFrame({
                 "cycle_id": cycle_id, "device_id": device_ids[idx], "ts": end_ts[idx].astype(np.int64),
                 "health": np.round(res["health"].astype(float), 2), "alert": alerts[:, 0].astype(int),
-                "contributing_sensors": contributing_sensors(res["z"], self.model.cfg.sensors)})
+                "contributing_sensors": contributing_sensors(res["z_device"], self.model.cfg.sensors)})
         state_df = pd.DataFrame({"device_id": device_ids[idx], "low_streak": state.low_streak[idx],
                                  "high_streak": state.high_streak[idx],
                                  "in_alert": state.in_alert[idx].astype(int), "last_ts": last_ts[idx]})
@@ -233,11 +257,24 @@ class Scheduler:
                  "seconds": round(time.perf_counter() - t0, 3),
                  "report": json.dumps(report.to_dict() if report else {})}
         meta = {"replay_clock": str(until)} if self.cfg.replay else {}
-        self.store.save_cycle(cycle, scores, state_df, meta)
+        self.store.save_cycle(cycle, scores, state_df, meta, profile_rows)
         self.source.after_cycle()
         log.info("cycle %d: %d devices, %d scored, %d in alert, %.2fs", cycle_id, cycle["n_devices"],
                  cycle["n_scored"], n_alerts, cycle["seconds"])
         return cycle
+
+    def _update_profiles(self, device_ids, windows, end_ts, last_ts) -> tuple[np.ndarray, list[tuple]]:
+        """Feed each device's steps not seen in an earlier cycle into its profile (while it is still
+        commissioning); returns the profiles to score with and the rows to store for changed ones."""
+        norm, cfg = self.model.normalizer, self.model.cfg
+        prof = self.store.load_profiles(device_ids, norm.n_regimes, len(cfg.sensors))
+        regimes = norm.regimes(windows)
+        z = norm.transform(windows, regimes=regimes)
+        step_ts = end_ts[:, None] - (cfg.window - 1 - np.arange(cfg.window))[None, :] * cfg.period_s
+        changed = prof.update(z, regimes, ~np.isnan(windows), step_ts > last_ts[:, None], cfg.profile)
+        rows = [(str(device_ids[i]), int(prof.taken[i]), prof.sums[i].tobytes(), prof.counts[i].tobytes())
+                for i in np.flatnonzero(changed)]
+        return prof.profiles(cfg.profile), rows
 
     def run(self, stop: threading.Event | None = None, max_cycles: int | None = None) -> int:
         """Cycle until ``stop`` is set (SIGTERM / Ctrl-C handlers set it) or ``max_cycles`` ran."""

@@ -115,14 +115,17 @@ class RegimeNormalizer:
         d = ((feats[..., None, :] - self.centers) ** 2).sum(-1)
         return d.argmin(-1)
 
-    def transform(self, windows: np.ndarray, clip: float = 20.0) -> np.ndarray:
+    def regimes(self, windows: np.ndarray) -> np.ndarray:
+        """Raw (..., W, S) -> the regime of every time step (..., W)."""
+        if not self.regime_idx:
+            return np.zeros(windows.shape[:-1], dtype=np.int64)
+        # Fill a missing regime reading from the previous step so the regime stays put.
+        return self._assign(self._regime_features(_ffill_time(windows)))
+
+    def transform(self, windows: np.ndarray, clip: float = 20.0, regimes: np.ndarray | None = None) -> np.ndarray:
         """Raw (..., W, S) -> z (..., W, S) float32; missing readings become 0 (the regime mean)."""
-        if self.regime_idx:
-            # Fill a missing regime reading from the previous step so the regime stays put.
-            feats = self._regime_features(_ffill_time(windows))
-            regimes = self._assign(feats)
-        else:
-            regimes = np.zeros(windows.shape[:-1], dtype=np.int64)
+        if regimes is None:
+            regimes = self.regimes(windows)
         z = (windows - self.r_mean[regimes]) / self.r_std[regimes]
         return np.clip(np.nan_to_num(z, nan=0.0), -clip, clip).astype(np.float32)
 

@@ -38,7 +38,9 @@ def test_trained_encoder_separates_normal_from_fault_windows(trained_model, held
     end_ts = heldout_fleet.ts[ends][None, :]
     onset = heldout_fleet.labels.onset_ts.to_numpy()[:, None]
     failure = heldout_fleet.labels.failure_ts.to_numpy()[:, None]
-    res = trained_model.score_windows(win.reshape(-1, cfg.window, len(cfg.sensors)))
+    profiles = trained_model.device_profiles(heldout_fleet.values, ends)     # each machine's own normal
+    res = trained_model.score_windows(win.reshape(-1, cfg.window, len(cfg.sensors)),
+                                      profiles.reshape(-1, *profiles.shape[2:]))
     dist = res["distance"].reshape(win.shape[:2])
     valid = res["valid"].reshape(win.shape[:2])
     normal = valid & ((onset < 0) | (end_ts < onset))
@@ -79,4 +81,4 @@ def test_evaluation_reports_equal_recall_comparison(trained_model, heldout_fleet
     for m in out["at_equal_recall"].values():
         assert 0.0 <= m["recall"] <= 1.0 and m["false_alarms"] >= 0 and m["healthy_device_days"] > 0
     assert out["faults"] == (fleet.labels.onset_ts >= 0).sum()
-    assert set(out["window_auroc"]) == {"contrastive", "static_thresholds", "zscore"}
+    assert set(out["window_auroc"]) == {"contrastive", "static_thresholds", "zscore", "zscore_device_profiles"}

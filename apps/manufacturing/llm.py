@@ -19,7 +19,7 @@ SYSTEM = ("You are a reliability engineer. From a machine's health score, its tr
           "deviating from normal for the current operating regime, write a short maintenance "
           "recommendation: the likely cause and the next action, in at most three sentences.")
 FALLBACK_LABEL = "[template advice - model server unavailable]"
-CHECK_FAILED_LABEL = "[template advice - the adapter's text did not name the deviating sensors]"
+CHECK_FAILED_LABEL = "[template advice - the adapter's text failed the check]"
 
 # What each deviating sensor usually means and what to do about it (the template's knowledge).
 SENSOR_HINTS = {
@@ -97,20 +97,38 @@ def missing_sensors(text: str, ctx: AlertContext) -> list[str]:
     return [name for name, _ in ctx.contributing if not re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", text)]
 
 
+def advice_problems(text: str, ctx: AlertContext) -> list[str]:
+    """Why the adapter's text cannot be shown (empty = it can): it must name every deviating sensor,
+    and it must not be degenerate (a small model's failure modes: text that loops on itself, or
+    drifts into other scripts). A name check alone is passed by looping text that happens to
+    contain the name, so both are needed."""
+    problems = [f"does not name {name}" for name in missing_sensors(text, ctx)]
+    words = re.findall(r"\S+", text.lower())
+    trigrams = list(zip(words, words[1:], words[2:]))
+    if not words:
+        problems.append("empty")
+    elif trigrams and len(set(trigrams)) < 0.9 * len(trigrams):
+        problems.append("repeats itself")
+    if any(not (ch.isascii() and (ch.isprintable() or ch.isspace())) for ch in text):
+        problems.append("non-ASCII text in an English answer")
+    return problems
+
+
 def advise(client, ctx: AlertContext) -> Advice:
-    """Ask the ``manufacturing`` adapter. Its text is used only if it names every deviating sensor;
-    otherwise, and on any server problem, the answer is the rule template, labelled as such."""
+    """Ask the ``manufacturing`` adapter. Its text is used only if it passes ``advice_problems``
+    (names every deviating sensor, not degenerate); otherwise, and on any server problem, the answer
+    is the rule template, labelled as such."""
     from core.client import ModelRequestError, ModelUnavailable
 
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ctx.prompt()}]
     try:
         text = client.chat(model=ADAPTER, messages=messages, max_tokens=120, temperature=0.0).strip()
-        missing = missing_sensors(text, ctx)
-        if text and not missing:
+        problems = advice_problems(text, ctx)
+        if text and not problems:
             return Advice(text, f"model:{ADAPTER}")
         if text:
-            log.warning("advice for %s from the template: the adapter's text does not name %s: %r",
-                        ctx.device_id, ", ".join(missing), text[:200])
+            log.warning("advice for %s from the template: the adapter's text %s: %r",
+                        ctx.device_id, "; ".join(problems), text[:200])
             return Advice(f"{CHECK_FAILED_LABEL} {template_advice(ctx)}", "fallback-check")
         reason = "empty answer"
     except ModelUnavailable as exc:
@@ -124,11 +142,12 @@ def advise(client, ctx: AlertContext) -> Advice:
 def check_advice(client, records_path: str | Path, limit: int | None = None) -> dict:
     """How often the adapter's own text passes the sensor check, over chat records written by
     ``build_advice_dataset`` (the user turn is the run-time prompt; its deviating sensors are parsed
-    back from it). Returns counts, the pass rate and a few failing examples."""
+    back from it). Returns counts, the pass rate, why texts failed, and a few examples of each."""
     from shared.io import read_jsonl
 
     sources: dict[str, int] = {}
     failures, passes = [], []
+    reasons: dict[str, int] = {}
     n = 0
     for rec in read_jsonl(records_path):
         if limit is not None and n >= limit:
@@ -140,13 +159,21 @@ def check_advice(client, records_path: str | Path, limit: int | None = None) -> 
         ctx = AlertContext(m.group(1), float(m.group(2)), float(m.group(3)), float(m.group(4)), contributing, True)
         advice = advise(client, ctx)
         sources[advice.source] = sources.get(advice.source, 0) + 1
+        if advice.source == "fallback-check":
+            # The same check on the adapter's raw text, to count the reasons.
+            raw = client.chat(model=ADAPTER, messages=[{"role": "system", "content": SYSTEM},
+                                                       {"role": "user", "content": user}],
+                              max_tokens=120, temperature=0.0).strip()
+            for problem in advice_problems(raw, ctx):
+                key = "does not name a deviating sensor" if problem.startswith("does not name") else problem
+                reasons[key] = reasons.get(key, 0) + 1
         kept = passes if advice.source == f"model:{ADAPTER}" else failures
         if len(kept) < 5:
             kept.append({"prompt": user, "advice": advice.text})
         n += 1
     passed = sources.get(f"model:{ADAPTER}", 0)
     return {"records": n, "sources": sources, "adapter_text_passed": passed,
-            "pass_rate": round(passed / max(n, 1), 4),
+            "pass_rate": round(passed / max(n, 1), 4), "failed_because": reasons,
             "examples_passed": passes, "examples_not_passed": failures}
 
 
@@ -220,7 +247,7 @@ def build_advice_dataset(out: str | Path, devices: int = 300, seed: int = 7, day
         health = float(np.clip(60 - 60 * progress + rng.normal(0, 5), 2, 49))
         ctx = AlertContext(str(lab.device_id[i]), health, -float(rng.uniform(10, 50)), 2.0, contrib, True)
         # The answer names the deviating sensors first (as the prompt spells them), then the cause
-        # and the action, so the adapter learns to say what its advice is about (``missing_sensors``).
+        # and the action, so the adapter learns to say what its advice is about (``advice_problems``).
         advice = FAULT_ADVICE[lab.fault[i]].format(sensor=lab.fault_sensor[i] or "affected")
         answer = f"{sensor_phrase(contrib)}. {advice}" if contrib else advice
         records.append({"messages": [{"role": "system", "content": SYSTEM},

@@ -11,6 +11,7 @@ from apps.manufacturing.llm import (
     CHECK_FAILED_LABEL,
     FALLBACK_LABEL,
     AlertContext,
+    advice_problems,
     advise,
     build_advice_dataset,
     missing_sensors,
@@ -57,9 +58,9 @@ def test_template_advice_reads_the_sensors():
     ctx = AlertContext("M7", 22.0, -40.0, 2.0, [("temperature", 6.5), ("current", 2.4)], True)
     text = template_advice(ctx)
     assert "M7" in text and "cooling" in text and "within 24 h" in text
-    assert missing_sensors(text, ctx) == []            # the fallback passes the adapter's check too
+    assert advice_problems(text, ctx) == []            # the fallback passes the adapter's check too
     dead = AlertContext("M8", 10.0, -60.0, 2.0, [("pressure", -12.0)], True)
-    assert "sensor" in template_advice(dead) and missing_sensors(template_advice(dead), dead) == []
+    assert "sensor" in template_advice(dead) and advice_problems(template_advice(dead), dead) == []
 
 
 def test_advice_dataset_is_chat_records(tmp_path):
@@ -76,8 +77,8 @@ def test_advice_from_the_real_model_server(model_server):
     client = ModelClient(model_server.base_url, model_server.api_keys["manufacturing"], timeout=60)
     ctx = AlertContext("M1", 30.0, -35.0, 2.0, [("vibration_kurtosis", 5.1)], True)
     advice = advise(client, ctx)
-    # The fixture's adapter is untrained: the server answers, but its text does not name the
-    # deviating sensor, so the check replaces it with the template, labelled as such.
+    # The fixture's adapter is untrained: the server answers, but its text fails the check (it
+    # does not name the deviating sensor), so the template replaces it, labelled as such.
     assert advice.source == "fallback-check" and advice.text.startswith(CHECK_FAILED_LABEL)
     assert "vibration_kurtosis" in advice.text and FALLBACK_LABEL not in advice.text
 
@@ -89,6 +90,11 @@ def test_the_sensor_check_wants_every_deviating_sensor_as_a_word():
     assert missing_sensors("The temperature is high. Check cooling.", ctx) == ["vibration_rms"]
     # A longer name containing the sensor's name is not the sensor.
     assert missing_sensors("temperature_2 and vibration_rms_x", ctx) == ["temperature", "vibration_rms"]
+    assert advice_problems(good, ctx) == []
+    # Looping text that happens to contain the names (what a barely trained adapter writes) fails.
+    loop = "The temperature and vibration_rms reading isading isading isading isading isading is"
+    assert advice_problems(loop, ctx) == ["repeats itself"]
+    assert advice_problems(good + " 正常范围", ctx) == ["non-ASCII text in an English answer"]
 
 
 def test_advice_training_answers_name_the_prompts_sensors(tmp_path):
@@ -97,6 +103,6 @@ def test_advice_training_answers_name_the_prompts_sensors(tmp_path):
     for rec in read_jsonl(tmp_path / "advice.jsonl"):
         user, answer = rec["messages"][1]["content"], rec["messages"][2]["content"]
         names = re.findall(r"([\w.-]+) [+-][\d.]+ sigma", user)     # none when nothing is above 2 sigma
-        assert missing_sensors(answer, AlertContext("x", 0, 0, 0, [(n, 0.0) for n in names], True)) == []
+        assert advice_problems(answer, AlertContext("x", 0, 0, 0, [(n, 0.0) for n in names], True)) == []
         with_sensors += bool(names)
     assert with_sensors > 5

@@ -11,14 +11,19 @@ Every Kafka run gets a fresh embedded broker (noida-db, 4 partitions) in a temp 
    consumer group (the real ``run_scorer``: poll, decode, validate, features, model, write
    ``fraud.scores``/``fraud.alerts``, flush, commit) drain it. Rate = N / (last batch committed - first
    message polled): transactions scored and written per second, with no producer competing for the CPU.
+   CPU per transaction of the scorer processes (all threads) and of the broker's process group, so the
+   split between them does not depend on what else the machine runs.
 3. ``concurrent_produce_and_score``: the same scorer while this process produces the N transactions as
    fast as it can (the producer shares the 2 cores). Rate = N / (last committed - first produced).
-4. ``paced_latency_<rate>``: produce at a fixed rate while one scorer (batches <= 500) keeps up; latency is
+4. ``paced_latency_<rate>``: produce at a fixed rate while one scorer keeps up (a poll takes what came in
+   within 20 ms, so batches stay small at low rates); latency is
    each input's broker timestamp (set at produce) -> its batch's outputs flushed and offsets committed.
 5. ``naive_one_at_a_time``: the baseline in the same run, a scorer that handles one message at a time
    (json.loads, validate, features and model on one row, produce, flush, commit), on a smaller backlog.
-6. ``drain_kafka_python``: the batched scorer with the kafka-python client (``--kafka-python-n``).
-7. ``trees_study``: F1 and predict cost of the first 25/50/100/all trees of the same model (held-out
+6. ``kafka_floor_no_scoring``: the same Kafka loop with the scoring taken out (poll, write one output
+   per input, flush, commit): the ceiling of this broker and client on this machine.
+7. ``drain_kafka_python``: the batched scorer with the kafka-python client (``--kafka-python-n``).
+8. ``trees_study``: F1 and predict cost of the first 25/50/100/all trees of the same model (held-out
    synthetic stream), to show what a smaller fast tier would trade; the scorer always uses all trees.
 Prints one JSON object.
 """
@@ -30,6 +35,7 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,8 +81,11 @@ def _scorer_child(kwargs: dict, model_path: str, out: mp.Queue, ready: mp.Queue)
     BatchScorer(model).score_records(sample)
     ready.put(os.getpid())
     stats = run_scorer(ScorerConfig(model_path=Path(model_path), **kwargs))
+    # CPU of all threads of this process (Python and librdkafka's), first poll -> last commit
+    cpu = stats.cpu_at_last_output - stats.cpu_at_first_input
     lat = np.concatenate(stats.latencies_ms) if stats.latencies_ms else np.zeros(0)
     out.put({"scored": stats.scored, "dlq": stats.dlq, "alerts": stats.alerts, "batches": stats.batches,
+             "cpu_s": cpu,
              "first_input_at": stats.first_input_at, "last_output_at": stats.last_output_at,
              "latencies_ms": lat.tolist()})
 
@@ -105,6 +114,41 @@ def wait_ready(procs, ready, join_s: float = 3.0) -> None:
     time.sleep(join_s)
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by every live process of a process group (the broker
+    runs in its own group: the noida-db wrapper and its server)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class CpuSampler:
+    """Samples a process group's CPU seconds every 0.2 s in a thread, to read its use over a window."""
+
+    def __init__(self, pgid: int):
+        self.pgid, self.samples, self._stop = pgid, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), group_cpu_s(self.pgid)))
+            self._stop.wait(0.2)
+
+    def between(self, t0: float, t1: float) -> float:
+        self._stop.set()
+        self._thread.join()
+        times = np.array([t for t, _ in self.samples])
+        cpu = np.array([c for _, c in self.samples])
+        return float(np.interp(t1, times, cpu) - np.interp(t0, times, cpu))
+
+
 def collect(procs, queue, timeout_s: float = 900) -> list[dict]:
     results = [queue.get(timeout=timeout_s) for _ in procs]
     for p in procs:
@@ -117,7 +161,9 @@ def _summary(results: list[dict], n_expected: int, t_start: float, **extra) -> d
     t_end = max(r["last_output_at"] or 0 for r in results)
     seconds = t_end - t_start
     lat = np.concatenate([np.asarray(r["latencies_ms"]) for r in results]) if results else np.zeros(0)
+    cpu_us = sum(r.get("cpu_s", 0.0) for r in results) / max(n, 1) * 1e6
     out = {"n": n, "n_expected": n_expected, "seconds": round(seconds, 2), "tx_per_s": round(n / seconds),
+           "scorer_cpu_us_per_tx": round(cpu_us, 2),
            "per_process": [r["scored"] + r["dlq"] for r in results], "alerts": sum(r["alerts"] for r in results),
            "batches": sum(r["batches"] for r in results)}
     if len(lat):
@@ -126,15 +172,49 @@ def _summary(results: list[dict], n_expected: int, t_start: float, **extra) -> d
     return out | extra
 
 
-def drain_run(bootstrap: str, model_path: Path, values, keys, client: str, batch_size: int, processes: int) -> dict:
+def drain_run(broker: EmbeddedBroker, model_path: Path, values, keys, client: str, batch_size: int,
+              processes: int) -> dict:
     """Backlog first, then the scorers drain it (no producer running while they score)."""
+    bootstrap = broker.bootstrap
     t0, t1 = produce_all(bootstrap, values, keys)
+    sampler = CpuSampler(broker.process.pid)
     procs, queue, _ = scorers(bootstrap, model_path, client, batch_size, processes, idle_exit_s=3)
     results = collect(procs, queue)
     t_start = min(r["first_input_at"] for r in results if r["first_input_at"])
+    broker_cpu = sampler.between(t_start, max(r["last_output_at"] for r in results))
     return _summary(results, len(values), t_start, client=client, processes=processes, batch_size=batch_size,
+                    broker_cpu_us_per_tx=round(broker_cpu / len(values) * 1e6, 2),
                     backlog_produce_tx_per_s=round(len(values) / (t1 - t0)),
                     measured="first message polled -> last batch committed; backlog produced beforehand")
+
+
+def kafka_floor_run(broker: EmbeddedBroker, values, keys, batch_size: int) -> dict:
+    """The scorer's Kafka loop with the scoring taken out: poll a batch, write one output per input
+    (the input bytes, keyed like the scores), flush, commit. The most this broker and client can do
+    here, whatever the scoring costs."""
+    bootstrap = broker.bootstrap
+    produce_all(bootstrap, values, keys)
+    sampler = CpuSampler(broker.process.pid)
+    consumer = make_consumer("confluent", bootstrap, f"bench-floor-{time.time_ns()}", [TOPIC_TX], batch_size)
+    producer = make_producer("confluent", bootstrap)
+    done, t0, cpu0 = 0, None, 0.0
+    while done < len(values):
+        batch = consumer.poll_batch(batch_size, 0.2)
+        if not len(batch):
+            continue
+        if t0 is None:
+            t0, cpu0 = time.time(), time.process_time()
+        producer.send_many(TOPIC_SCORES, batch.values, [b"k"] * len(batch))
+        producer.flush()
+        consumer.commit()
+        done += len(batch)
+    t1, cpu = time.time(), time.process_time() - cpu0
+    consumer.close()
+    producer.close()
+    return {"client": "confluent", "n": done, "seconds": round(t1 - t0, 2), "tx_per_s": round(done / (t1 - t0)),
+            "client_cpu_us_per_tx": round(cpu / done * 1e6, 2),
+            "broker_cpu_us_per_tx": round(sampler.between(t0, t1) / done * 1e6, 2),
+            "measured": "first message polled -> last committed; backlog produced beforehand; no scoring"}
 
 
 def concurrent_run(bootstrap: str, model_path: Path, values, keys, batch_size: int) -> dict:
@@ -148,13 +228,14 @@ def concurrent_run(bootstrap: str, model_path: Path, values, keys, batch_size: i
                     measured="first message produced -> last batch committed, producer running meanwhile")
 
 
-def paced_run(bootstrap: str, model_path: Path, values, keys, rate: float) -> dict:
-    procs, queue, ready = scorers(bootstrap, model_path, "confluent", 500, 1, idle_exit_s=3, record_latency=True,
-                                  poll_timeout_s=0.02)
+def paced_run(bootstrap: str, model_path: Path, values, keys, rate: float, batch_size: int) -> dict:
+    # A poll returns what has arrived within 20 ms (up to batch_size), so batches stay small at low rates.
+    procs, queue, ready = scorers(bootstrap, model_path, "confluent", batch_size, 1, idle_exit_s=3,
+                                  record_latency=True, poll_timeout_s=0.02)
     wait_ready(procs, ready)
     t0, _ = produce_all(bootstrap, values, keys, rate=rate)
     results = collect(procs, queue)
-    return _summary(results, len(values), t0, client="confluent", processes=1, batch_size=500, produce_rate=rate,
+    return _summary(results, len(values), t0, client="confluent", processes=1, batch_size=batch_size, produce_rate=rate,
                     measured="latency: broker timestamp at produce -> outputs flushed and offsets committed")
 
 
@@ -187,9 +268,13 @@ def naive_run(bootstrap: str, model: FastScorer, values, keys) -> dict:
             "measured": "first message polled -> last committed; backlog produced beforehand (latency = queueing)"}
 
 
+_cpu = time.process_time
+
+
 def cpu_profile(model_path: Path, values: list[bytes], batch_size: int) -> dict:
-    """The scoring path without Kafka, stage by stage (us per transaction), plus the reference
-    implementations of the two compiled stages on the same batches."""
+    """The scoring path without Kafka, stage by stage (CPU us per transaction: ``process_time``, so
+    other jobs on the machine do not inflate it), plus the reference implementations of the two
+    compiled stages on the same batches."""
     from apps.finance.features import FeatureState
 
     model = FastScorer.load(model_path)
@@ -202,19 +287,19 @@ def cpu_profile(model_path: Path, values: list[bytes], batch_size: int) -> dict:
     whole = 0.0
     for i in range(0, len(values), batch_size):
         raws = values[i:i + batch_size]
-        c0 = time.perf_counter()
+        c0 = _cpu()
         objs, bad = _decode(raws)
-        c1 = time.perf_counter()
+        c1 = _cpu()
         cols, _, _ = to_columns(objs, bad)
-        c2 = time.perf_counter()
+        c2 = _cpu()
         X = state.transform(cols)
-        c3 = time.perf_counter()
+        c3 = _cpu()
         model.predict_proba(X)
-        c4 = time.perf_counter()
+        c4 = _cpu()
         ref_state.transform(cols)
-        c5 = time.perf_counter()
+        c5 = _cpu()
         model.classifier.predict_proba(X)
-        c6 = time.perf_counter()
+        c6 = _cpu()
         t["decode"] += c1 - c0
         t["validate_columns"] += c2 - c1
         t["features"] += c3 - c2
@@ -223,17 +308,17 @@ def cpu_profile(model_path: Path, values: list[bytes], batch_size: int) -> dict:
         t["predict_sklearn_reference"] += c6 - c5
     scorer.state = FeatureState()
     for i in range(0, len(values), batch_size):  # the whole path as the stream runs it
-        c0 = time.perf_counter()
+        c0 = _cpu()
         result = scorer.score_raw(values[i:i + batch_size])
-        c1 = time.perf_counter()
+        c1 = _cpu()
         result.encoded(), [x.encode() for x in result.tx_ids]  # what the stream hands the producer
-        c2 = time.perf_counter()
+        c2 = _cpu()
         whole += c2 - c0
         t["outputs_serialise"] += c2 - c1
     n = len(values)
     us = {k: round(v / n * 1e6, 2) for k, v in t.items()}
     return {"n": n, "batch_size": batch_size, "us_per_tx": us,
-            "score_and_serialise_tx_per_s": round(n / whole),
+            "score_and_serialise_tx_per_cpu_s": round(n / whole),  # one core, no Kafka
             "features_speedup_vs_numpy": round(t["features_numpy_reference"] / t["features"], 1),
             "predict_speedup_vs_sklearn": round(t["predict_sklearn_reference"] / t["predict"], 2),
             "trees": len(getattr(model.classifier, "clf", model.classifier)._predictors)}
@@ -260,9 +345,9 @@ def trees_study(model_path: Path, n: int, batch_size: int) -> dict:
     out = {"n_validation": n, "n_test": n, "test_frauds": int(yt.sum()), "rows": []}
     for k in sorted({25, 50, 100, total} & set(range(1, total + 1))):
         pv = expit(compiled.raw(Xv, k))
-        t0 = time.perf_counter()
+        t0 = _cpu()
         pt = expit(compiled.raw(Xt, k))
-        us = (time.perf_counter() - t0) / n * 1e6
+        us = (_cpu() - t0) / n * 1e6
         m = metrics(yt, pt, best_f1_threshold(yv, pv))
         out["rows"].append({"trees": k, "predict_us_per_tx": round(us, 2), "f1": m["f1"], "precision": m["precision"],
                             "recall": m["recall"], "auprc": m["auprc"]})
@@ -309,24 +394,26 @@ def main() -> None:
 
         runs = [(f"drain_confluent_{k}proc", lambda b, k=k: drain_run(
             b, model_path, values[:args.n], keys[:args.n], "confluent", args.batch_size, k)) for k in processes]
+        runs.append(("kafka_floor_no_scoring", lambda b: kafka_floor_run(
+            b, values[:args.n], keys[:args.n], args.batch_size)))
         if args.concurrent_n:
             runs.append(("concurrent_produce_and_score", lambda b: concurrent_run(
-                b, model_path, values[:args.concurrent_n], keys[:args.concurrent_n], args.batch_size)))
+                b.bootstrap, model_path, values[:args.concurrent_n], keys[:args.concurrent_n], args.batch_size)))
         for rate in [float(r) for r in args.paced_rate.split(",") if r]:
             runs.append((f"paced_latency_{rate:.0f}_per_s", lambda b, rate=rate: paced_run(
-                b, model_path, values[:args.paced_n], keys[:args.paced_n], rate)))
+                b.bootstrap, model_path, values[:args.paced_n], keys[:args.paced_n], rate, args.batch_size)))
         if args.kafka_python_n:
             runs.append(("drain_kafka_python_1proc", lambda b: drain_run(
                 b, model_path, values[:args.kafka_python_n], keys[:args.kafka_python_n], "kafka-python",
                 args.batch_size, 1)))
         runs.append(("naive_one_at_a_time", lambda b: naive_run(
-            b, FastScorer.load(model_path), values[:args.naive_n], keys[:args.naive_n])))
+            b.bootstrap, FastScorer.load(model_path), values[:args.naive_n], keys[:args.naive_n])))
         for name, run in runs:
             # A fresh broker per run: each run's consumer group starts from an empty topic.
             broker = EmbeddedBroker(Path(tmp) / f"kafka-{name}").start()
             try:
                 ensure_topics(broker.bootstrap, {t: args.partitions for t in ALL_TOPICS})
-                results[name] = run(broker.bootstrap) | {"load_average_after": os.getloadavg()[0]}
+                results[name] = run(broker) | {"load_average_after": os.getloadavg()[0]}
             finally:
                 broker.stop()
             print(name, json.dumps(results[name]), file=sys.stderr, flush=True)

@@ -54,6 +54,8 @@ class ScorerStats:
     batch_seconds: list[float] = field(default_factory=list)
     latencies_ms: list = field(default_factory=list)   # arrays, one per batch (record_latency only)
     first_input_at: float | None = None    # wall time of the first non-empty poll
+    cpu_at_first_input: float = 0.0        # process CPU seconds (all threads) then, and at the last output
+    cpu_at_last_output: float = 0.0
     first_output_at: float | None = None
     last_output_at: float | None = None
 
@@ -99,7 +101,8 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
                     last_stats, since_stats = now, 0
                 continue
             last_msg = now
-            stats.first_input_at = stats.first_input_at or time.time()
+            if stats.first_input_at is None:
+                stats.first_input_at, stats.cpu_at_first_input = time.time(), time.process_time()
             t0 = time.perf_counter()
             result = scorer.score_raw(msgs.values)
             producer.send_many(TOPIC_SCORES, result.encoded(), [t.encode() for t in result.tx_ids])
@@ -116,7 +119,7 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
                 done_ms = time.time() * 1000.0
                 stats.latencies_ms.append(done_ms - msgs.timestamps_ms())
             stats.first_output_at = stats.first_output_at or time.time()
-            stats.last_output_at = time.time()
+            stats.last_output_at, stats.cpu_at_last_output = time.time(), time.process_time()
             BATCH_SECONDS.observe(elapsed)
             n_alerts = len(result.alerts)
             TX_TOTAL.labels("scored").inc(result.n - n_alerts)

@@ -160,11 +160,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from apps.medical.data import SynthConfig, generate_cases
     from apps.medical.evaluation import EvalConfig, evaluate_case, summarise
     from apps.medical.model import ModelConfig, TrainConfig, load_checkpoint, train
-    from apps.medical.data import generate_cases
-
-    from apps.medical.data import SynthConfig
 
     if args.train_seed == 2:
         parser.error("--train-seed 2 is the held-out seed")

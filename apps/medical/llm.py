@@ -1,39 +1,58 @@
 """Prompting the DeepSeek ``medical`` LoRA adapter through the model server, and its training data.
 
-The prompt carries only de-identified facts: the findings (pseudonymised series id, measurements)
-and the redacted clinical history. The same prompt format is used to build the fine-tuning records
-(synthetic findings -> report with value slots, ``report.slot_report``): the adapter learns the wording,
-the per-nodule statements, types and locations, and puts a slot (``[d2]``) wherever a measured value
-goes; ``report.fill_slots`` copies the value from findings.json and the filled text is verified. A
-7.5 M-parameter model does not copy multi-digit numbers reliably (docs/model.md); slots make the numbers
-exact by construction, and the check still catches a slot on the wrong nodule or a missing one.
+The prompts carry only de-identified facts: the findings (measurements, type, location) and the
+redacted clinical history. A report is written as several short requests sent **at once**, which the
+server decodes in one batch: one for the summary (the "Findings:" count sentence and the impression)
+and one per nodule (its statement). Latency is then that of the longest piece (~35 tokens), not of the
+whole report (~40 + 25 per nodule tokens one after another), and each piece is a short, well-posed
+task for a 7.5 M-parameter model. The app puts the pieces in order under a fixed header
+(``report.assemble_report``).
+
+The adapter writes the wording, types and locations, and a *slot* (``[d2]``, ``[n]`` ...) wherever a
+measured value goes; ``report.fill_slots`` copies the value from findings.json and the filled text is
+verified. A 7.5 M-parameter model does not copy multi-digit numbers reliably (docs/model.md); slots
+make the numbers exact by construction, and the check still catches a slot on the wrong nodule, a
+wrong location or type, or a missing statement. The fine-tuning records use the same prompts.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Short on purpose: every prompt token is paid for in fine-tuning and in the 3.2 s report budget.
-SYSTEM_PROMPT = "Write a CT chest report from the automated nodule findings. Measured values go in slots."
+SUMMARY_SYSTEM = "Write the findings and impression lines of a CT chest report. Measured values go in slots."
+NODULE_SYSTEM = "Write one nodule line of a CT chest report. Measured values go in slots."
 
 
-def user_prompt(findings: list[dict], history: str | None) -> str:
-    # One compact line per nodule: the prompt must fit small context windows with many findings.
-    # The adapter writes slots for measured values, so only what it words itself is given: the nodules'
-    # order (largest first), type and location, plus the diameter for context.
-    lines = [f"{f['id']}: {f['type']}, {f['longest_diameter_mm']} mm, {f['side']} {f['zone']}" for f in findings]
-    return (f"Clinical history: {history.strip() if history else 'not given'}\n"
-            f"Nodules found: {len(findings)}\n" + "".join(line + "\n" for line in lines) + "Write the report.")
+def nodule_fact(f: dict) -> str:
+    return f"{f['id']}: {f['type']}, {f['longest_diameter_mm']} mm, {f['side']} {f['zone']}"
 
 
-def messages_for(findings: list[dict], history: str | None) -> list[dict]:
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_prompt(findings, history)}]
+def summary_messages(findings: list[dict]) -> list[dict]:
+    # Findings come largest first, so nodule 1 is the one the impression names.
+    user = f"Nodules found: {len(findings)}" + (f"\nLargest: {nodule_fact(findings[0])}" if findings else "")
+    return [{"role": "system", "content": SUMMARY_SYSTEM}, {"role": "user", "content": user}]
+
+
+def nodule_messages(f: dict) -> list[dict]:
+    return [{"role": "system", "content": NODULE_SYSTEM}, {"role": "user", "content": f"Nodule {nodule_fact(f)}"}]
+
+
+def training_pieces(findings: list[dict]) -> list[list[dict]]:
+    """Chat records for one findings list: the summary, then one per nodule (targets from report.py)."""
+    from .report import nodule_piece, summary_piece
+
+    return ([summary_messages(findings) + [{"role": "assistant", "content": summary_piece(findings)}]]
+            + [nodule_messages(f) + [{"role": "assistant", "content": nodule_piece(f)}] for f in findings])
 
 
 class AdapterReporter:
     """``generate(findings, history, attempt)`` for :func:`report.make_report`, via ``ModelClient``."""
 
-    def __init__(self, client, model: str = "medical", max_tokens: int = 220):
-        self.client, self.model, self.max_tokens = client, model, max_tokens
+    def __init__(self, client, model: str = "medical", summary_tokens: int = 48, nodule_tokens: int = 28,
+                 max_parallel: int = 32):
+        self.client, self.model = client, model
+        self.summary_tokens, self.nodule_tokens, self.max_parallel = summary_tokens, nodule_tokens, max_parallel
 
     @classmethod
     def from_settings(cls, settings, timeout: float = 10.0) -> AdapterReporter | None:
@@ -45,27 +64,32 @@ class AdapterReporter:
         return cls(ModelClient(settings.server_url, api_key=settings.api_key, timeout=timeout, max_retries=0))
 
     def __call__(self, findings: list[dict], history: str | None, attempt: int) -> str:
-        # First attempt greedy; a regeneration samples with another seed.
-        # A slotted report needs ~40 tokens of frame and ~20 per nodule: asking for more only burns
-        # the 3.2 s budget when a model does not stop by itself.
-        max_tokens = min(self.max_tokens, 48 + 24 * len(findings))
-        return self.client.chat(self.model, messages_for(findings, history), max_tokens=max_tokens,
-                                temperature=0.0 if attempt == 0 else 0.7, seed=attempt)
+        from .report import assemble_report
+
+        # First attempt greedy; a regeneration samples with another seed. Pieces go out together so
+        # that the server batches them (the max_tokens caps sit a little above the longest target).
+        requests = [(summary_messages(findings), self.summary_tokens)] + [(nodule_messages(f), self.nodule_tokens) for f in findings]
+        temperature = 0.0 if attempt == 0 else 0.7
+
+        def ask(req: tuple[list[dict], int]) -> str:
+            return self.client.chat(self.model, req[0], max_tokens=req[1], temperature=temperature, seed=attempt)
+
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(requests))) as pool:
+            pieces = list(pool.map(ask, requests))
+        return assemble_report(pieces[0], pieces[1:], history)
 
 
 def write_finetune_data(out: Path, n_cases: int, seed: int) -> int:
-    """Chat records (synthetic findings -> slotted report) for ``dsv finetune`` (``finetune.yaml``)."""
+    """Chat records (synthetic findings -> slotted summary and nodule lines) for ``dsv finetune``
+    (``finetune.yaml``): per case one summary record, then one record per nodule, in that order."""
     import numpy as np
 
     from shared.io import write_jsonl_atomic
 
     from .calibration import NoduleSizeModel
-    from .report import slot_report
 
     rng = np.random.default_rng(seed)
     sizes = NoduleSizeModel.load()
-    histories = [None, "Smoker, 30 pack-years.", "Follow-up of incidental nodule.", "Cough for 3 weeks.",
-                 "Screening CT.", "Weight loss."]
     records = []
     for _ in range(n_cases):
         findings = []
@@ -80,7 +104,5 @@ def write_finetune_data(out: Path, n_cases: int, seed: int) -> int:
         findings.sort(key=lambda f: -f["longest_diameter_mm"])
         for i, f in enumerate(findings, start=1):
             f["id"] = i
-        history = histories[int(rng.integers(len(histories)))]
-        records.append({"messages": messages_for(findings, history)
-                        + [{"role": "assistant", "content": slot_report(findings, history)}]})
+        records += [{"messages": m} for m in training_pieces(findings)]
     return write_jsonl_atomic(out, records)

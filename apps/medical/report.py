@@ -58,20 +58,35 @@ def template_report(findings: list[dict], history: str | None) -> str:
     return "\n".join(lines)
 
 
-def slot_report(findings: list[dict], history: str | None) -> str:
-    """The report as the adapter is trained to write it: wording, with slots for every measured value."""
-    lines = ["CT CHEST - AUTOMATED LUNG NODULE ANALYSIS"]
-    if history:
-        lines.append("Clinical history: [history]")
+REPORT_HEADER = "CT CHEST - AUTOMATED LUNG NODULE ANALYSIS"
+
+
+def summary_piece(findings: list[dict]) -> str:
+    """The summary as the adapter is trained to write it: count sentence and impression, with slots."""
     n = len(findings)
     if not n:
-        return "\n".join(lines + ["Findings: no pulmonary nodules.", "Impression: no pulmonary nodules."])
+        return "Findings: no pulmonary nodules.\nImpression: no pulmonary nodules."
     plural = "s" if n > 1 else ""
-    lines.append(f"Findings: [n] pulmonary nodule{plural}.")
-    lines += [f"Nodule {f['id']}: {f['type']}, [d{f['id']}] mm, {f['side']} {f['zone']}, image [i{f['id']}]." for f in findings]
     big = max(findings, key=lambda f: f["longest_diameter_mm"])
-    lines.append(f"Impression: [n] pulmonary nodule{plural}, largest [d{big['id']}] mm ({big['type']}, {big['side']} {big['zone']}).")
-    return "\n".join(lines)
+    return (f"Findings: [n] pulmonary nodule{plural}.\n"
+            f"Impression: [n] pulmonary nodule{plural}, largest [d{big['id']}] mm ({big['type']}, {big['side']} {big['zone']}).")
+
+
+def nodule_piece(f: dict) -> str:
+    """One nodule's statement as the adapter is trained to write it."""
+    return f"Nodule {f['id']}: {f['type']}, [d{f['id']}] mm, {f['side']} {f['zone']}, image [i{f['id']}]."
+
+
+def assemble_report(summary: str, nodule_lines: list[str], history: str | None) -> str:
+    """Header and history line (fixed), the summary's first line, the nodule lines, the rest of the summary."""
+    head = [REPORT_HEADER] + (["Clinical history: [history]"] if history else [])
+    first, _, rest = summary.strip().partition("\n")
+    return "\n".join(head + [first] + [line.strip() for line in nodule_lines] + ([rest.strip()] if rest.strip() else []))
+
+
+def slot_report(findings: list[dict], history: str | None) -> str:
+    """The whole report as the trained adapter writes it (before the slots are filled)."""
+    return assemble_report(summary_piece(findings), [nodule_piece(f) for f in findings], history)
 
 
 def fill_slots(text: str, findings: list[dict], history: str | None) -> str:

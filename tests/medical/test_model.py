@@ -154,7 +154,7 @@ def test_patch_weights_balance_nodules_and_single_out_vessels():
 def test_elongated_components_score_below_round_ones():
     from apps.medical.postprocess import PostprocessConfig, extract_findings
 
-    big, small, tube = _tube_and_spheres()
+    big, _small, tube = _tube_and_spheres()
     prob = np.where(big | tube, 0.95, 0.0).astype(np.float32)
     hu = np.where(big | tube, 40.0, -850.0)
     affine = np.eye(4)

@@ -126,7 +126,7 @@ def test_report_through_the_real_model_server(model_server):
     from core.client import ModelClient
 
     client = ModelClient(model_server.base_url, api_key=model_server.api_keys["medical"])
-    out = make_report(FINDINGS, "Screening CT.", AdapterReporter(client, max_tokens=48), ReportConfig(time_budget_s=60))
+    out = make_report(FINDINGS, "Screening CT.", AdapterReporter(client, summary_tokens=24, nodule_tokens=16), ReportConfig(time_budget_s=60))
     assert out["attempts"] and "text" in out["attempts"][0]  # the model really answered
     assert out["verified"]
     assert out["source"] in ("llm:medical", "template")
@@ -178,29 +178,35 @@ def test_segment_command_writes_no_identifier_anywhere(tmp_path, tiny_medical_mo
 
 
 def test_finetune_records_and_config(tmp_path):
-    """Every training target, its slots filled from the prompt's findings, passes the app's check."""
+    """Every case's training targets, assembled and filled from the prompts' findings, pass the app's check."""
     from apps.medical.llm import write_finetune_data
+    from apps.medical.report import assemble_report
 
     path = tmp_path / "train.jsonl"
-    assert write_finetune_data(path, 40, seed=3) == 40
-    for line in path.read_text().splitlines():
-        messages = json.loads(line)["messages"]
+    n_records = write_finetune_data(path, 40, seed=3)
+    records = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
+    assert len(records) == n_records > 40
+    cases = []
+    for messages in records:
         assert [m["role"] for m in messages] == ["system", "user", "assistant"]
-        user = messages[1]["content"]
-        findings = []
-        for line in user.splitlines()[2:-1]:  # "<id>: <type>, <d> mm, <side> <zone>"
-            ident, rest = line.split(": ", 1)
-            kind, d, loc = rest.split(", ")
-            findings.append({"id": int(ident), "type": kind, "longest_diameter_mm": float(d.split()[0]),
-                             "volume_mm3": 1.0, "mean_hu": 0.0, "side": loc.split()[0], "zone": loc.split()[1],
-                             "image_number": 7, "center_mm": []})
-        assert len(findings) == int(user.splitlines()[1].split(": ")[1])
-        history = user.split("Clinical history: ", 1)[1].split("\n", 1)[0]
-        history = None if history == "not given" else history
         target = messages[2]["content"]
         # the adapter is taught slots, never digits, for measured values (only "Nodule <id>" refers by number)
         assert not re.search(r"\d", re.sub(r"Nodule \d+|\[[a-z]+\d*\]", "", target)), target
-        assert verify_report(fill_slots(target, findings, history), findings, history).ok
+        user = messages[1]["content"]
+        if user.startswith("Nodules found: "):
+            cases.append({"n": int(user.splitlines()[0].split(": ")[1]), "summary": target, "lines": [], "findings": []})
+            continue
+        ident, rest = user.removeprefix("Nodule ").split(": ", 1)  # "Nodule <id>: <type>, <d> mm, <side> <zone>"
+        kind, d, loc = rest.split(", ")
+        cases[-1]["findings"].append({"id": int(ident), "type": kind, "longest_diameter_mm": float(d.split()[0]),
+                                      "volume_mm3": 1.0, "mean_hu": 0.0, "side": loc.split()[0],
+                                      "zone": loc.split()[1], "image_number": 7, "center_mm": []})
+        cases[-1]["lines"].append(target)
+    assert len(cases) == 40 and any(c["n"] == 0 for c in cases) and any(c["n"] > 1 for c in cases)
+    for case in cases:
+        assert len(case["findings"]) == case["n"]
+        text = fill_slots(assemble_report(case["summary"], case["lines"], "Cough."), case["findings"], "Cough.")
+        assert verify_report(text, case["findings"], "Cough.").ok, text
     core_config = pytest.importorskip("core.finetune.config")
     cfg = core_config.load_config(Path(__file__).resolve().parents[2] / "apps" / "medical" / "finetune.yaml",
                                   home=tmp_path)

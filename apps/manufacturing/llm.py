@@ -107,7 +107,8 @@ def advice_problems(text: str, ctx: AlertContext) -> list[str]:
     trigrams = list(zip(words, words[1:], words[2:]))
     if not words:
         problems.append("empty")
-    elif trigrams and len(set(trigrams)) < 0.9 * len(trigrams):
+    elif (trigrams and len(set(trigrams)) < 0.9 * len(trigrams)) or any(
+            a == b == c for a, b, c in trigrams):        # looping text, or one word three times in a row
         problems.append("repeats itself")
     if any(not (ch.isascii() and (ch.isprintable() or ch.isspace())) for ch in text):
         problems.append("non-ASCII text in an English answer")

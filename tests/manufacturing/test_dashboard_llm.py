@@ -94,6 +94,10 @@ def test_the_sensor_check_wants_every_deviating_sensor_as_a_word():
     # Looping text that happens to contain the names (what a barely trained adapter writes) fails.
     loop = "The temperature and vibration_rms reading isading isading isading isading isading is"
     assert advice_problems(loop, ctx) == ["repeats itself"]
+    # The adapter's actual best answer at 240 steps: a short loop inside otherwise varied text.
+    short_loop = ("The temperature reading isading isading isading is likely at f trends. elements "
+                  "itime. keeping vibration_rms reading is likely. Severe shaft misalignment.")
+    assert advice_problems(short_loop, ctx) == ["repeats itself"]
     assert advice_problems(good + " 正常范围", ctx) == ["non-ASCII text in an English answer"]
 
 

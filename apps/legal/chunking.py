@@ -1,52 +1,38 @@
 """Tokenisation shared by BM25 and the static embedder, and sentence-aware chunking.
 
-One tokenizer for both languages: runs of CJK characters go through jieba (dictionary mode, no HMM, so
-it is deterministic and ~2x faster), everything else is lower-cased words. Chinese sentences are
-memoised: judgments repeat boilerplate and quoted statutes, and jieba is the slowest step of ingest.
+One tokenizer for both languages: runs of CJK characters become overlapping character bigrams (the
+standard Chinese IR tokenization, Lucene's CJKAnalyzer), everything else is lower-cased words. Bigrams need
+no dictionary and run inside two C regex scans, ~10x faster than jieba's dictionary segmentation, which was
+the bottleneck of ingest (124 judgments/s at 200k). A knowledge base records ``TOKENIZER`` and refuses to
+be read or extended with another one (its BM25 terms and static-embedder vocabulary depend on it).
 """
 from __future__ import annotations
 
-import functools
 import re
 
+TOKENIZER = "cjk-bigram+words-v1"
 _CJK_RUN = re.compile(r"[\u4e00-\u9fff]+")
+_TERM = re.compile(r"[\u4e00-\u9fff]+|[a-z0-9]+")
+_CJK_BIGRAM = re.compile(r"(?=([\u4e00-\u9fff]{2}))")  # lookahead: overlapping pairs
 _WORD = re.compile(r"[a-z0-9]+")
 # Split after the terminator (and its following space) without consuming anything: "".join() == text.
 _SENTENCE_END = re.compile(r"(?<=[。！？；\n])|(?<=[.!?;]\s)")
 EN_STOPWORDS = frozenset(
     ["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "which", "with", "shall", "not", "be", "any", "such", "other", "where"])
-ZH_STOPWORDS = frozenset(["的", "了", "和", "是", "在", "或者", "以及", "及", "与", "对", "等", "其", "之", "为", "由", "应当", "本"])
-
-
-@functools.lru_cache(maxsize=1)
-def _jieba():
-    import logging
-
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba
-
-
-@functools.lru_cache(maxsize=300_000)
-def _cut_cjk(run: str) -> tuple[str, ...]:
-    return tuple(t for t in _jieba().lcut(run, HMM=False) if t not in ZH_STOPWORDS)
 
 
 def tokenize(text: str) -> list[str]:
-    """Index/query terms for ``text`` (Chinese words via jieba, other words lower-cased)."""
+    """Index/query terms for ``text``: CJK character bigrams (a lone character stays a unigram) and
+    lower-cased words minus English stopwords."""
     out: list[str] = []
-    pos = 0
-    for m in _CJK_RUN.finditer(text):
-        if m.start() > pos:
-            out.extend(w for w in _WORD.findall(text[pos:m.start()].lower()) if w not in EN_STOPWORDS)
-        run = m.group()
-        # Memoise per clause so repeated statute quotes / boilerplate are segmented once.
-        out.extend(_cut_cjk(run) if len(run) <= 120 else _jieba().lcut(run, HMM=False))
-        pos = m.end()
-    if pos < len(text):
-        out.extend(w for w in _WORD.findall(text[pos:].lower()) if w not in EN_STOPWORDS)
+    for term in _TERM.findall(text.lower()):
+        if term[0] >= "\u4e00":
+            if len(term) == 1:
+                out.append(term)
+            else:
+                out.extend(_CJK_BIGRAM.findall(term))
+        elif term not in EN_STOPWORDS:
+            out.append(term)
     return out
 
 

@@ -43,7 +43,7 @@ def cmd_ingest(args, settings) -> int:
 
     cfg = _config(args, settings, embedder=args.embedder, distill_targets=args.distill_targets,
                   batch_docs=args.batch_docs, checkpoint_passages=args.checkpoint_passages,
-                  index_factory=args.index_factory)
+                  index_factory=args.index_factory, ingest_workers=args.procs)
     report = ingest(cfg, args.path, progress=not args.quiet, build_indexes=args.workers == 0)
     if args.workers:
         from apps.legal.distributed import build_indexes_distributed
@@ -136,7 +136,8 @@ def cmd_review(args, settings) -> int:
 def cmd_service(args, settings) -> int:
     from apps.legal.service import run_service
 
-    return run_service(settings, host=args.host, port=args.port, n_docs=args.n, rerank=args.rerank)
+    return run_service(settings, host=args.host, port=args.port, n_docs=args.n, rerank=args.rerank,
+                       api_keys_file=args.api_keys_file)
 
 
 def cmd_export_training(args, settings) -> int:
@@ -179,6 +180,8 @@ def register(subparsers) -> None:
                    help="FAISS index for a NEW knowledge base, e.g. Flat or IVF1024,SQ8 (default: chosen by size)")
     p.add_argument("--workers", type=int, default=0,
                    help="build the indexes on N local Ray workers (0 = in this process)")
+    p.add_argument("--procs", type=int, default=2,
+                   help="local processes that parse, chunk and embed during ingest (0 = all in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--kb", default=None, help="knowledge-base directory (default DSV_HOME/legal/kb)")
     p = add_command(group, "search", cmd_search, "Ranked passages for a query (hybrid BM25 + dense, RRF; optional MiniLM re-rank).")
@@ -204,3 +207,5 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8704)
     p.add_argument("--n", type=int, default=2000, help="demo corpus size when none exists")
     p.add_argument("--rerank", action="store_true", help="re-rank search results with MiniLM (slower)")
+    p.add_argument("--api-keys-file", type=Path, default=None,
+                   help="'key:tenant' lines; with DSV_API_KEYS they bind each caller to a tenant (none: open)")

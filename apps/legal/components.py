@@ -59,6 +59,8 @@ class BM25Retriever:
         self.index = None
 
     def warm_up(self) -> None:
+        if self.index is not None:  # idempotent, as in Haystack: pipelines may share a warmed component
+            return
         from apps.legal.index import BM25Segments
 
         self.index = BM25Segments(self.cfg.bm25_dir)
@@ -79,6 +81,8 @@ class DenseRetriever:
         self.embedder = None
 
     def warm_up(self) -> None:
+        if self.index is not None:
+            return
         from dataclasses import replace
 
         from apps.legal.index import DenseIndex
@@ -153,6 +157,8 @@ class MiniLMReranker:
         self.embedder = None
 
     def warm_up(self) -> None:
+        if self.embedder is not None:
+            return
         from apps.legal.embedders import MiniLMEmbedder
 
         self.embedder = MiniLMEmbedder(max_chars=400)  # ~128 word pieces: the head of each passage

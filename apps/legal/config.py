@@ -11,6 +11,7 @@ class LegalConfig:
     embedder: str = "static"       # first-stage dense embedder: "static" (distilled) or "minilm"
     batch_docs: int = 2_000        # judgments per SQLite transaction
     checkpoint_passages: int = 250_000  # passages between FAISS saves / BM25 segments
+    ingest_workers: int = 2        # processes that parse, chunk and embed (0 = all in-process)
     chunk_chars: int = 700
     distill_targets: int = 1_000   # MiniLM sentence embeddings used to distil the static embedder
     distill_sample: int = 20_000   # passages whose terms form the static vocabulary

@@ -92,18 +92,26 @@ def validate_record(rec: object) -> Judgment:
                     statutes=tuple(s.strip() for s in statutes), language=language, access=access)
 
 
-def _iter_jsonl(path: Path, start_line: int) -> Iterator[tuple[int, object]]:
+def parse_record(raw: str | dict) -> Judgment:
+    """One raw record (a JSONL line, or a Parquet row already decoded) -> ``Judgment``; raises
+    ``ValueError`` with the reason. Split from reading so ingest workers can parse in parallel."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"malformed JSON ({exc})") from None
+    return validate_record(raw)
+
+
+def _iter_jsonl(path: Path, start_line: int) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, start=1):
             if line_no < start_line or not line.strip():
                 continue
-            try:
-                yield line_no, json.loads(line)
-            except ValueError as exc:
-                yield line_no, ValueError(f"malformed JSON ({exc})")
+            yield line_no, line
 
 
-def _iter_parquet(path: Path, start_line: int) -> Iterator[tuple[int, object]]:
+def _iter_parquet(path: Path, start_line: int) -> Iterator[tuple[int, dict]]:
     import pyarrow.parquet as pq
 
     row = 0
@@ -117,24 +125,21 @@ def _iter_parquet(path: Path, start_line: int) -> Iterator[tuple[int, object]]:
                 yield row, rec
 
 
+def iter_raw(path: str | Path, start_line: int = 1) -> Iterator[tuple[int, str | dict]]:
+    """``(line_no, raw record)`` from ``start_line`` on, unparsed (see ``parse_record``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    return _iter_parquet(path, start_line) if path.suffix == ".parquet" else _iter_jsonl(path, start_line)
+
+
 def iter_corpus(path: str | Path, report: ValidationReport | None = None,
                 start_line: int = 1) -> Iterator[tuple[int, Judgment]]:
     """Yield ``(line_no, judgment)`` for each valid record from ``start_line`` on; malformed ones go to
     ``report`` (file + line + reason) and are skipped."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        rows = _iter_parquet(path, start_line)
-    else:  # JSON Lines (.jsonl / .ndjson / anything else)
-        rows = _iter_jsonl(path, start_line)
-    for line_no, rec in rows:
-        if isinstance(rec, ValueError):
-            if report is not None:
-                report.add(line_no, str(rec))
-            continue
+    for line_no, raw in iter_raw(path, start_line):
         try:
-            yield line_no, validate_record(rec)
+            yield line_no, parse_record(raw)
         except ValueError as exc:
             if report is not None:
                 report.add(line_no, str(exc))

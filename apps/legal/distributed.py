@@ -27,10 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _shard_task(db_path: str, static_dir: str, bm25_dir: str, lo: int, hi: int) -> tuple[int, int, np.ndarray, str]:
     """Runs on a Ray worker: (lo, hi, vectors, temp segment dir)."""
-    import bm25s
-
     from apps.legal.chunking import tokenize
     from apps.legal.embedders import StaticEmbedder
+    from apps.legal.index import build_bm25
     from apps.legal.store import Store
 
     store = Store(db_path)
@@ -38,10 +37,8 @@ def _shard_task(db_path: str, static_dir: str, bm25_dir: str, lo: int, hi: int) 
     store.close()
     tokens = [tokenize(t) for t in texts]
     vectors = StaticEmbedder.load(static_dir).embed(texts, tokens)
-    model = bm25s.BM25()
-    model.index([t if t else ["<empty>"] for t in tokens], show_progress=False)
     tmp = tempfile.mkdtemp(prefix=f".ray-{lo:010d}-", dir=bm25_dir)
-    model.save(tmp, show_progress=False)
+    build_bm25(tokens, tmp)
     return lo, hi, vectors, tmp
 
 

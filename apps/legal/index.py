@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,84 @@ class DenseIndex:
         return self.path.stat().st_size if self.path.exists() else 0
 
 
+def build_bm25(token_lists: Iterable[list[str]], out_dir: str | Path):
+    """Build a bm25s index over ``token_lists`` and save it to ``out_dir``; returns the model.
+
+    Terms are mapped to ids while streaming into one flat int32 array (no per-passage lists of term
+    strings: for 500k passages that would be tens of millions of objects), and the score matrix is
+    built by ``VectorisedBM25`` below."""
+    from array import array
+
+    from bm25s.tokenization import Tokenized
+
+    vocab: dict[str, int] = {}
+    flat, lens = array("i"), array("q")
+    add = vocab.setdefault
+    for toks in token_lists:
+        toks = toks or ["<empty>"]  # an empty passage would break bm25s' vocabulary
+        flat.extend([add(t, len(vocab)) for t in toks])
+        lens.append(len(toks))
+    model = _vectorised_bm25()()
+    ids = (np.frombuffer(flat, dtype=np.int32), np.frombuffer(lens, dtype=np.int64))
+    model.index(Tokenized(ids=ids, vocab=vocab), show_progress=False)
+    model.save(str(out_dir), show_progress=False)
+    return model
+
+
+def _vectorised_bm25():
+    import bm25s
+    import scipy.sparse as sp
+
+    class VectorisedBM25(bm25s.BM25):
+        """bm25s with its documented build hook (``build_index_from_ids``) done as sparse-matrix
+        arithmetic: the same Lucene BM25 scores in the same CSC layout (a test checks it against bm25s'
+        own build), but no per-passage Python loop - that loop made segment building the ingest's
+        bottleneck at millions of passages. Searching, saving and loading are bm25s' own."""
+
+        def build_index_from_ids(self, unique_token_ids, corpus_token_ids, show_progress=True,
+                                 leave_progress=False):
+            if self.method != "lucene":
+                raise ValueError(f"VectorisedBM25 implements the 'lucene' variant, not {self.method!r}")
+            flat, lens = corpus_token_ids  # all token ids in one array, tokens per passage
+            n_docs, n_vocab = len(lens), len(unique_token_ids)
+            indptr = np.zeros(n_docs + 1, dtype=np.int64)
+            np.cumsum(lens, out=indptr[1:])
+            m = sp.csr_matrix((np.ones(len(flat), np.float32), flat, indptr), shape=(n_docs, n_vocab))
+            m.sum_duplicates()  # data = term frequency per (passage, term)
+            df = np.bincount(m.indices, minlength=n_vocab)
+            idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
+            rel_len = np.repeat(lens / lens.mean(), np.diff(m.indptr))
+            tf = m.data
+            m.data = (idf[m.indices] * tf / (tf + self.k1 * (1 - self.b + self.b * rel_len))).astype(self.dtype)
+            c = m.tocsc()
+            self.nonoccurrence_array = None
+            return {"data": c.data, "indices": c.indices.astype(self.int_dtype), "indptr": c.indptr,
+                    "num_docs": n_docs}
+
+    return VectorisedBM25
+
+
+def build_segment_from_store(db_path: str, bm25_dir: str, lo: int, hi: int) -> tuple[int, int, str, float]:
+    """Tokenise passages [lo, hi) from the SQLite store and build their BM25 segment in a temp dir under
+    ``bm25_dir`` (a hidden name, swept on start if a crash leaves it); the caller adopts it in id order.
+    Runs in a separate process during ingest (and on Ray workers), off the ingest's critical path."""
+    import tempfile
+    import time
+
+    from apps.legal.chunking import tokenize
+    from apps.legal.store import Store
+
+    t = time.process_time()
+    store = Store(db_path, readonly=True)
+    try:
+        tokens = (tokenize(text) for _, text in store.iter_chunk_texts(lo, hi))
+        tmp = tempfile.mkdtemp(prefix=f".seg-{lo:010d}-", dir=bm25_dir)
+        build_bm25(tokens, tmp)
+    finally:
+        store.close()
+    return lo, hi, tmp, time.process_time() - t
+
+
 _SEGMENT = re.compile(r"^seg-(\d{10})-(\d{10})$")
 
 
@@ -124,8 +203,12 @@ class BM25Segments:
     it added; a query scores every segment with the same bm25s scorer and merges the top-k.
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, max_df: float = 0.2):
         self.dir = Path(directory)
+        # Query terms found in more than this share of a segment's passages are skipped (unless every
+        # term is): they add almost no BM25 weight (IDF ~0.7 at 50 %) but have the longest posting
+        # lists, which dominate query time at millions of passages (CJK bigrams such as 法院 are in most).
+        self.max_df = max_df
         self.dir.mkdir(parents=True, exist_ok=True)
         self.segments: list[tuple[int, int, object]] = []
         spans = []
@@ -152,18 +235,13 @@ class BM25Segments:
         return self.dir / f"seg-{start:010d}-{end:010d}"
 
     def add_segment(self, start: int, tokens: list[list[str]]) -> None:
-        import bm25s
-
         if start != self.covered:
             raise RuntimeError(f"BM25 covers {self.covered} passages, refusing a segment from {start}")
         if not tokens:
             return
         end = start + len(tokens)
-        model = bm25s.BM25()
-        # An empty passage would break bm25s' vocabulary; give it a placeholder term.
-        model.index([t if t else ["<empty>"] for t in tokens], show_progress=False)
         with atomic_path(self._path(start, end), is_dir=True) as tmp:
-            model.save(str(tmp), show_progress=False)
+            model = build_bm25(tokens, tmp)
         self.segments.append((start, end, model))
 
     def adopt_segment(self, start: int, end: int, built_dir: str | Path) -> None:
@@ -194,11 +272,15 @@ class BM25Segments:
         for i, (start, end, _) in enumerate(self.segments):
             model = self._model(i)
             vocab = model.vocab_dict
-            toks = [t for t in query_tokens if t in vocab]
-            if not toks:
+            ids = np.asarray([vocab[t] for t in query_tokens if t in vocab], dtype=np.int64)
+            if not len(ids):
                 continue
+            indptr = model.scores["indptr"]
+            df = indptr[ids + 1] - indptr[ids]
+            keep = df <= self.max_df * (end - start)
+            ids = ids[keep] if keep.any() else ids[df == df.min()]
             mask = None if allowed is None else allowed[start:end].astype(np.float32)
-            scores = model.get_scores(toks, weight_mask=mask)
+            scores = model.get_scores_from_ids(ids.tolist(), weight_mask=mask)
             kk = min(k, len(scores))
             top = np.argpartition(-scores, kk - 1)[:kk]
             top = top[scores[top] > 0]

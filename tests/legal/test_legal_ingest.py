@@ -37,7 +37,7 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     kb.mkdir()
     shutil.copytree(static_embedder_dir[0], kb / "static")
     cmd = [sys.executable, "-m", "core.cli", "legal", "ingest", str(corpus), "--kb", str(kb), "--quiet",
-           "--batch-docs", "50", "--checkpoint-passages", "300", "--index-factory", "IVF16,SQ8"]
+           "--batch-docs", "50", "--checkpoint-passages", "300", "--index-factory", "IVF16,SQ8", "--procs", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     db = kb / "kb.sqlite"
     killed_at = None

@@ -1,4 +1,4 @@
-"""Real retrieval: MiniLM vectors in FAISS, bm25s with jieba, RRF, re-ranking, and access control."""
+"""Real retrieval: MiniLM vectors in FAISS, bm25s over CJK bigrams + words, RRF, re-ranking, and access control."""
 from __future__ import annotations
 
 import numpy as np
@@ -73,3 +73,24 @@ def test_static_embedder_distilled_from_minilm_tracks_it(static_embedder_dir):
     norms = np.linalg.norm(v, axis=1)
     assert v.shape == (3, 384) and np.allclose(norms[:2], 1, atol=1e-4)
     assert norms[2] == 0 and np.isfinite(v).all()  # no known term: a zero vector, not NaN
+
+
+def test_vectorised_bm25_build_scores_exactly_like_bm25s(tmp_path):
+    """The segment builder replaces bm25s' per-passage build loop; scores and the saved format must not change."""
+    import bm25s
+
+    from apps.legal.chunking import chunk_text, tokenize
+    from apps.legal.index import build_bm25
+    from tests.legal.conftest import small_records
+
+    tokens = [tokenize(p) for r in small_records(120, seed=3) for p in chunk_text(r["text"])] + [[]]
+    ref = bm25s.BM25()
+    ref.index([t or ["<empty>"] for t in tokens], show_progress=False)
+    build_bm25(tokens, tmp_path / "seg")
+    ours = bm25s.BM25.load(str(tmp_path / "seg"))
+    assert ours.scores["num_docs"] == len(tokens)
+    for query in ("借款合同 逾期 利息", "GDPR Article 6 lawful basis personal data", "判决 被告 支付"):
+        q = tokenize(query)
+        a = ref.get_scores([t for t in q if t in ref.vocab_dict])
+        b = ours.get_scores([t for t in q if t in ours.vocab_dict])
+        assert a.max() > 0 and np.allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
@@ -39,6 +40,14 @@ class AskRequest(BaseModel):   # module level: FastAPI resolves these annotation
 class ReviewRequest(BaseModel):
     text: str
     tenant: str | None = None
+
+
+def _caller(request: Request) -> Tenant:
+    """The tenant of the request's API key (401 without a valid one, unless no keys are configured)."""
+    return request.app.state.keys.authenticate(request.headers.get("authorization"))
+
+
+Caller = Annotated[Tenant, Depends(_caller)]
 
 
 def effective_tenant(caller: Tenant, requested: str | None) -> str | None:
@@ -94,31 +103,29 @@ def create_app(cfg: LegalConfig, settings, rerank: bool = False, keys=None):
 
     keys = TenantKeys.load() if keys is None else keys
     app = FastAPI(title="dsv legal", description="Hybrid search, cited answers and contract review over judgments.")
+    app.state.keys = keys
 
     @app.exception_handler(ServingError)
     async def serving_error(_request, exc: ServingError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    def caller(request: Request) -> Tenant:
-        return keys.authenticate(request.headers.get("authorization"))
 
     @app.get("/health")
     def health():
         return {"status": "ok"}
 
     @app.get("/search")
-    def search(q: str, k: int = 10, tenant: str | None = None, who: Tenant = Depends(caller)):
+    def search(q: str, who: Caller, k: int = 10, tenant: str | None = None):
         if not q.strip() or not 1 <= k <= 100:
             raise HTTPException(400, "q must be non-empty and 1 <= k <= 100")
         return [h.to_json() for h in retriever.search(q, tenant=effective_tenant(who, tenant), k=k)]
 
     @app.post("/ask")
-    def ask(req: AskRequest, who: Tenant = Depends(caller)):
+    def ask(req: AskRequest, who: Caller):
         hits = retriever.search(req.question, tenant=effective_tenant(who, req.tenant), k=req.k)
         return LegalAnswerer(client(), model=cfg.model).answer(req.question, hits).to_json()
 
     @app.post("/review")
-    def review(req: ReviewRequest, who: Tenant = Depends(caller)):
+    def review(req: ReviewRequest, who: Caller):
         return [f.to_json() for f in reviewer.review(req.text, tenant=effective_tenant(who, req.tenant))]
 
     return app

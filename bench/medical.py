@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--eval-cases", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=240)
     parser.add_argument("--max-train-seconds", type=float, default=2400)
+    parser.add_argument("--channels", default="8,16,32,64", help="UNet channels when the bench trains")
     parser.add_argument("--reuse-model", action="store_true", help="use the model file if present (its recorded s/it)")
     parser.add_argument("--model", default="model.pt", help="checkpoint name under WORK")
     parser.add_argument("--small-boost", type=float, default=0.35,
@@ -179,7 +180,8 @@ def main() -> None:
     model_path = work / args.model
     if not (args.reuse_model and model_path.exists()):
         train(TrainConfig(train_dir, model_path, iterations=args.iterations, max_seconds=args.max_train_seconds,
-                          model=ModelConfig(patch=32, channels=(8, 16, 32, 64))))
+                          model=ModelConfig(patch=32, channels=tuple(int(c) for c in args.channels.split(",")),
+                                            strides=(2,) * (len(args.channels.split(",")) - 1))))
     train_meta = json.loads(model_path.with_suffix(".json").read_text())
     net, mcfg = load_checkpoint(model_path)
     case_dirs = sorted(p.parent.parent for p in eval_dir.glob("*/truth/nodules.json"))

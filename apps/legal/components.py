@@ -62,7 +62,14 @@ class BM25Retriever:
         if self.index is not None:  # idempotent, as in Haystack: pipelines may share a warmed component
             return
         from apps.legal.index import BM25Segments
+        from apps.legal.ingest import check_tokenizer
+        from apps.legal.store import Store
 
+        store = Store(self.cfg.sqlite_path)
+        try:  # query terms must come from the tokenizer the index was built with
+            check_tokenizer(store, self.cfg.kb_dir)
+        finally:
+            store.close()
         self.index = BM25Segments(self.cfg.bm25_dir)
         self.index.warm_up()
 

@@ -225,13 +225,14 @@ class Ingestor:
         pool = None
         try:
             if self.build_indexes and n_workers:
-                self._bm25_pool = ProcessPoolExecutor(1, mp_context=_spawn(), initializer=exit_with_parent)
+                self._bm25_pool = ProcessPoolExecutor(1, mp_context=_spawn(), initializer=exit_with_parent,
+                                                      initargs=(os.getpid(),))
             if self.build_indexes:
                 self._recover(report)
             if n_workers:
                 static = str(self.cfg.static_dir) if self.cfg.embedder == "static" and self.build_indexes else None
                 pool = ProcessPoolExecutor(n_workers, mp_context=_spawn(), initializer=init_worker,
-                                           initargs=(static,))
+                                           initargs=(os.getpid(), static))
                 prepared = self._parallel(pool, batches, 2 * n_workers + 1)
             else:
                 embedder = self.embedder if self.build_indexes and self.cfg.embedder == "static" else None

@@ -45,14 +45,13 @@ def prepare_batch(items: list[tuple[int, str | dict]], chunk_chars: int, embedde
 _EMBEDDER = None
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(parent: int) -> None:
     """A SIGKILLed ingest cannot shut its pool down, and a pool worker blocked on its task queue would
-    wait forever: watch the parent and leave when it is gone (re-parented)."""
+    wait forever: watch the parent and leave when it is gone (re-parented). ``parent`` is passed in,
+    not read here: a parent killed while this worker was still starting would otherwise be missed."""
     import os
     import threading
     import time
-
-    parent = os.getppid()
 
     def watch():
         while os.getppid() == parent:
@@ -62,12 +61,12 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def init_worker(static_dir: str | None) -> None:
+def init_worker(parent: int, static_dir: str | None) -> None:
     """Pool initializer: load the static embedder once per worker (None: the parent embeds, e.g. MiniLM)."""
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    exit_with_parent()
+    exit_with_parent(parent)
     global _EMBEDDER
     if static_dir:
         from apps.legal.embedders import StaticEmbedder

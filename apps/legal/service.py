@@ -63,6 +63,7 @@ def effective_tenant(caller: Tenant, requested: str | None) -> str | None:
 
 def prepare_demo_kb(cfg: LegalConfig, n_docs: int, seed: int = 0) -> dict | None:
     """Generate and ingest a synthetic corpus when the knowledge base is empty (resumes if interrupted)."""
+    from apps.legal.chunking import TOKENIZER
     from apps.legal.generate import GeneratorConfig, write_corpus
     from apps.legal.ingest import ingest
     from apps.legal.store import Store
@@ -71,7 +72,14 @@ def prepare_demo_kb(cfg: LegalConfig, n_docs: int, seed: int = 0) -> dict | None
     if cfg.sqlite_path.exists():
         store = Store(cfg.sqlite_path)
         done = store.n_docs() >= n_docs and store.n_chunks() > 0
+        stale = store.n_chunks() > 0 and store.get_meta("tokenizer") != TOKENIZER
         store.close()
+        if stale:  # a demo knowledge base from an older tokenizer: regenerable, so rebuild it
+            import shutil
+
+            log.warning("%s was built with another tokenizer; rebuilding the demo knowledge base", cfg.kb_dir)
+            shutil.rmtree(cfg.kb_dir)
+            done = False
         if done and cfg.faiss_path.exists():
             return None
     if not corpus.exists():

@@ -57,6 +57,18 @@ def _rotation(deg: float) -> np.ndarray:
     return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
 
 
+def _paint_tubes(hu: np.ndarray, p: np.ndarray, region: np.ndarray, tubes, value: float) -> None:
+    """Set ``hu`` to ``value`` where a point of ``region`` lies within radius of one of the ``tubes``
+    (segments ``(a, b, radius)``); only the region's points are tested."""
+    pts = p[region]
+    inside = np.zeros(len(pts), dtype=bool)
+    for a, b, rad in tubes:
+        inside |= _segment_distance(pts, a, b) <= rad
+    region_hu = hu[region]
+    region_hu[inside] = value
+    hu[region] = region_hu
+
+
 def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ab = b - a
     t = np.clip(((p - a) @ ab) / float(ab @ ab), 0.0, 1.0)
@@ -111,21 +123,10 @@ class Phantom:
         hu[r <= 0.85] = HU_SOFT
         lung = self._inside_lung(p)
         hu[lung] = HU_LUNG
-        lung_pts = p[lung]  # vessels only matter inside the lungs: test those points alone (speed)
-        vessel = np.zeros(len(lung_pts), dtype=bool)
-        for a, b, rad in self.vessels:
-            vessel |= _segment_distance(lung_pts, a, b) <= rad
-        lung_hu = hu[lung]
-        lung_hu[vessel] = HU_SOFT
-        hu[lung] = lung_hu
+        # vessels only matter inside the lungs, airways near the midline: test those points alone (speed)
+        _paint_tubes(hu, p, lung, self.vessels, HU_SOFT)
         central = (r <= 0.85) & (np.abs(p[..., 0]) < self.body[0] * 0.45)
-        central_pts = p[central]
-        airway = np.zeros(len(central_pts), dtype=bool)
-        for a, b, rad in self.airways:
-            airway |= _segment_distance(central_pts, a, b) <= rad
-        central_hu = hu[central]
-        central_hu[airway] = HU_AIR
-        hu[central] = central_hu
+        _paint_tubes(hu, p, central, self.airways, HU_AIR)
         label = np.zeros(p.shape[:-1], dtype=np.uint8)
         for n in self.nodules:
             q = ((p - np.asarray(n.center_mm)) / np.asarray(n.axes_mm)) ** 2

@@ -82,12 +82,13 @@ def test_two_processes_split_the_partitions(broker, fin_model):
         return [line for line in lines if "partitions assigned: ['" in line]
 
     # Scale-out as it happens in production: a second member joins a group that already consumes, and
-    # the group rebalances the partitions between them. (With both members started together, one CI
-    # run in four on 2026-11-29 did not see both assigned within 60 s; cause not diagnosed.)
-    procs = [scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "5")]
+    # the group rebalances the partitions between them.
+    # --idle-exit counts from the last assignment: it must outlast the second member's start-up and the
+    # rebalance (seconds under load), or the first member leaves before the data arrives.
+    procs = [scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "20")]
     logs = [_collect_output(procs[0])]
     assert wait_until(lambda: assignments(logs[0]), 60), logs
-    procs.append(scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "5"))
+    procs.append(scorer_process(broker.bootstrap, fin_model, group, "--idle-exit", "20"))
     logs.append(_collect_output(procs[1]))
     # Data goes in only once both members hold partitions after the rebalance (the first one re-assigned),
     # so the split is the group's doing, not timing.

@@ -38,6 +38,18 @@ class ModelRequestError(RuntimeError):
         self.status_code = status_code
 
 
+def api_base_url(url: str) -> str:
+    """The OpenAI API root of a server URL: ``http://host:8000`` -> ``http://host:8000/v1``.
+
+    Both our server and vLLM serve the API under ``/v1``; a URL without a path (the usual slip when
+    setting ``DSV_SERVER_URL``) would otherwise answer every call with 404. A URL with a path is kept
+    as given (a proxy may mount the API elsewhere)."""
+    from urllib.parse import urlsplit
+
+    url = url.rstrip("/")
+    return url + "/v1" if urlsplit(url).path == "" else url
+
+
 class ModelClient:
     """A small, thread-safe client for the OpenAI-compatible model server."""
 
@@ -45,7 +57,7 @@ class ModelClient:
                  connect_timeout: float = 3.0, cooldown_s: float = 10.0):
         import openai
 
-        self.base_url = base_url.rstrip("/")
+        self.base_url = api_base_url(base_url)
         self.api_key = api_key
         self.timeout = timeout
         self.cooldown_s = cooldown_s

@@ -78,6 +78,11 @@ def write_chat_jsonl(path: str | Path, records: Iterable[ChatRecord | dict]) -> 
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
+    answer_cut: bool = False
+    """max_length cut into the last assistant turn: its end (and the end-of-sequence token the model
+    learns to stop on) is not trained."""
+    full_length: int = 0
+    """Tokens before truncation."""
 
 
 def _assistant_mask_by_prefixes(tokenizer, messages: list[dict], ids: list[int]) -> list[int]:
@@ -106,10 +111,12 @@ def tokenize_record(tokenizer, record: ChatRecord, max_length: int) -> Tokenized
     mask = list(enc.get("assistant_masks") or [])
     if not any(mask):
         mask = _assistant_mask_by_prefixes(tokenizer, record.messages, ids)
+    full_length = len(ids)
+    answer_cut = any(mask[max_length:])
     ids, mask = ids[:max_length], mask[:max_length]
     if not any(mask):
         return None
-    return TokenizedExample(ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask)])
+    return TokenizedExample(ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask)], answer_cut, full_length)
 
 
 def tokenize_records(tokenizer, records: Sequence[ChatRecord], max_length: int) -> list[TokenizedExample]:
@@ -121,6 +128,13 @@ def tokenize_records(tokenizer, records: Sequence[ChatRecord], max_length: int) 
     kept = [e for e in examples if e is not None]
     if not kept:
         raise InputError(f"no usable records (all {len(records)} truncated away at max_length={max_length})")
+    cut = sum(e.answer_cut for e in kept)
+    if cut:
+        # Silent truncation once cost a whole adapter: 737 of 959 answers lost their end-of-sequence
+        # token at max_length=192, and the model learnt to write on past its last sentence.
+        log.warning("%d of %d records lose the end of their answer at max_length=%d (longest record %d tokens): "
+                    "the model does not learn to stop on them; raise data.max_length",
+                    cut, len(kept), max_length, max(e.full_length for e in kept))
     return kept
 
 

@@ -93,6 +93,21 @@ def test_labels_cover_only_assistant_tokens(tiny_tokenizer, tmp_path):
     assert len(learned) < len(example.input_ids)
 
 
+
+def test_truncation_that_cuts_the_answer_end_is_reported(tiny_tokenizer, tmp_path, caplog):
+    from core.finetune.data import tokenize_records
+
+    records = load_chat_jsonl(write_synthetic_set(tmp_path, 2, 1)["train"])
+    full = tokenize_record(tiny_tokenizer, records[0], max_length=512)
+    assert not full.answer_cut and full.full_length == len(full.input_ids)
+    short = len(full.input_ids) - 2  # keeps most of the answer, loses its end and the EOS
+    cut = tokenize_record(tiny_tokenizer, records[0], max_length=short)
+    assert cut.answer_cut and tiny_tokenizer.eos_token_id not in cut.labels
+    with caplog.at_level("WARNING", logger="core.finetune.data"):
+        tokenize_records(tiny_tokenizer, records, max_length=short)
+    assert "lose the end of their answer" in caplog.text
+
+
 # -- mixer -----------------------------------------------------------------------------------------
 
 

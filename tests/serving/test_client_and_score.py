@@ -39,6 +39,15 @@ def test_score_probabilities_sum_to_one_and_follow_logprobs(client, model_server
     assert client.score("deepseek-tiny", "Verdict:", labels) != client.score("finance", "Verdict:", labels)
 
 
+
+def test_server_url_without_a_path_gets_the_api_root(model_server):
+    bare = model_server.base_url[: -len("/v1")]
+    assert bare.startswith("http://") and not bare.endswith("/v1")
+    client = ModelClient(bare + "/", model_server.api_keys["finance"])
+    assert client.base_url == model_server.base_url
+    assert "finance" in client.models()
+    assert ModelClient("http://proxy:9000/llm/v1").base_url == "http://proxy:9000/llm/v1"
+
 def test_request_errors_are_not_unavailability(client):
     with pytest.raises(ModelRequestError) as info:
         client.chat("legal", [{"role": "user", "content": "x"}], max_tokens=2)

@@ -9,7 +9,8 @@ Injection safety, in three layers (a test plants an "ignore previous instruction
    never built from retrieved text) says their content is evidence, not instructions.
 3. The model's output is checked, not trusted: every ``[n]`` must name a retrieved passage and every
    statute reference must be a real article; anything else is removed and flagged. An answer left with
-   no verifiable citation is replaced by the extractive answer (labelled as such).
+   no verifiable citation, or quoting text that none of its kept citations contains, is replaced by the
+   extractive answer (labelled as such).
 """
 from __future__ import annotations
 
@@ -117,6 +118,26 @@ def verify_citations(text: str, hits: list) -> VerifiedAnswer:
         citations.append({"doc_id": f"statute:{key}", "passage": st.text, "score": None, "marker": key,
                           "source": st.source})
     return VerifiedAnswer(re.sub(r"[ \t]{2,}", " ", text).strip(), citations, flagged)
+
+
+_QUOTE = re.compile(r"“([^”]{6,})”|\"([^\"]{6,})\"")
+
+
+def unsupported_quotes(answer: VerifiedAnswer) -> list[str]:
+    """Quoted spans of a model answer found in none of its kept citations (cited passages, real statute
+    articles). A marker that names a retrieved passage only proves the passage exists; a quote the
+    model attributes to the law or a judgment must also be in it, or the answer is not grounded (the
+    tiny adapter's typical output: a valid [1] after a quote it made up)."""
+    def norm(text: str) -> str:
+        return re.sub(r"\s+", " ", text).strip()
+
+    sources = [norm(c["passage"]) for c in answer.citations if c.get("passage")]
+    missing = []
+    for m in _QUOTE.finditer(answer.answer):
+        quote = norm(m.group(1) or m.group(2)).rstrip("…. ")
+        if len(quote) >= 6 and not any(quote in src for src in sources):
+            missing.append(quote[:80])
+    return missing
 
 
 def extractive_answer(question: str, hits: list, reason: str, max_passages: int = 3) -> VerifiedAnswer:

@@ -145,7 +145,8 @@ def cmd_export_training(args, settings) -> int:
 
     cfg = _config(args, settings)
     _require_kb(cfg)
-    n = export_training_data(cfg, args.out, n=args.n)
+    model_dir = None if args.no_fit else Path(args.model or settings.default_model_dir)
+    n = export_training_data(cfg, args.out, n=args.n, seed=args.seed, model_dir=model_dir)
     print(json.dumps({"written": n, "out": str(args.out)}))
     return 0
 
@@ -200,6 +201,10 @@ def register(subparsers) -> None:
                     "Write chat fine-tuning records (question + passages -> cited answer) for the `legal` adapter.")
     p.add_argument("--out", type=Path, required=True, help="output JSONL")
     p.add_argument("--n", type=int, default=500, help="number of records")
+    p.add_argument("--seed", type=int, default=0, help="question sampling seed (use another for val)")
+    p.add_argument("--model", default=None,
+                   help="base model whose context window the prompts must fit (default DSV_HOME/models/deepseek-tiny)")
+    p.add_argument("--no-fit", action="store_true", help="full evidence (4 x 1,200 chars) whatever the model")
     p.add_argument("--kb", default=None, help="knowledge-base directory (default DSV_HOME/legal/kb)")
     p = add_command(group, "service", cmd_service,
                     "Generate + ingest a demo corpus if missing, then serve search/ask over HTTP until Ctrl-C.")

@@ -32,24 +32,43 @@ class Hit:
 
 
 class AccessFilter:
-    """Tenant -> boolean mask over passage ids (public + the tenant's own label)."""
+    """Tenant -> boolean mask over passage ids (public + the tenant's own label).
+
+    Masks are cached per tenant until the knowledge base grows: building one means a pass over every
+    passage's label (~20-90 ms at 3 M passages), more than the rest of a BM25 or dense search. Cached
+    masks are read-only, so no retriever can change what the next query may see."""
+
+    max_cached = 64
 
     def __init__(self, cfg: LegalConfig):
         self.cfg = cfg
         self.store = None
         self._codes = None
+        self._masks: dict[str | None, np.ndarray] = {}
 
     def warm_up(self) -> None:
         from apps.legal.store import Store
 
+        if self.store is not None:
+            self.store.close()
         self.store = Store(self.cfg.sqlite_path)
         self._codes = self.store.access_codes()
+        self._masks = {}
 
     def run(self, tenant: str | None = None) -> dict:
         if self.store.n_chunks() != len(self._codes):  # knowledge base grew since warm-up
             self.warm_up()
-        allowed = np.isin(self._codes, self.store.allowed_codes(tenant))
-        return {"allowed": allowed}
+        mask = self._masks.get(tenant)
+        if mask is None:
+            codes = self.store.allowed_codes(tenant)
+            table = np.zeros(max([int(self._codes.max(initial=0))] + codes) + 1, dtype=bool)
+            table[codes] = True
+            mask = table[self._codes]  # a lookup per passage: ~5x faster than np.isin here
+            mask.flags.writeable = False
+            if len(self._masks) >= self.max_cached:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[tenant] = mask
+        return {"allowed": mask}
 
 
 class BM25Retriever:
@@ -98,6 +117,8 @@ class DenseRetriever:
 
         self.index = DenseIndex(self.cfg.faiss_path)
         self.index.nprobe = self.cfg.nprobe
+        self.index.rescore = self.cfg.rescore
+        self.index.prefetch()
         store = Store(self.cfg.sqlite_path)
         built_with = store.get_meta("embedder", self.cfg.embedder)  # queries must use the corpus' embedder
         store.close()

@@ -17,7 +17,8 @@ class LegalConfig:
     distill_sample: int = 20_000   # passages whose terms form the static vocabulary
     expected_passages: int | None = None  # index plan override (default: estimated from the input size)
     index_factory: str | None = None      # explicit FAISS factory ("Flat", "IVF1024,SQ8"); default by size
-    nprobe: int = 64               # IVF lists probed: 0.96 recall@10 vs exact at 200k (16 gave 0.92)
+    nprobe: int = 64               # IVF lists probed (bench/legal_ann.py measures recall per setting)
+    rescore: int = 4               # IVF: FAISS returns k*rescore candidates, re-scored exactly (0 = off)
     rrf_k: int = 60
     candidates: int = 50           # per retriever, before fusion
     rerank_top: int = 20           # fused candidates re-scored by MiniLM (0 = no re-ranking)

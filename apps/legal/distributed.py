@@ -55,7 +55,7 @@ def build_indexes_distributed(cfg: LegalConfig, num_workers: int = 2, shard_pass
     t0 = time.perf_counter()
     store = Store(cfg.sqlite_path)
     end = store.n_chunks()
-    dense, bm25 = DenseIndex(cfg.faiss_path), BM25Segments(cfg.bm25_dir)
+    dense, bm25 = DenseIndex(cfg.faiss_path, writer=True), BM25Segments(cfg.bm25_dir)
     if dense.ntotal != bm25.covered:
         raise RuntimeError("indexes out of step; run `dsv legal ingest` once single-process to recover them")
     start = dense.ntotal

@@ -9,6 +9,7 @@ may read (so disallowed vectors are never candidates), and bm25s gets the same m
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -22,14 +23,27 @@ import numpy as np
 from shared.io import atomic_path
 
 FLAT_LIMIT = 100_000  # below this many expected passages exact search is cheap enough
+# 2048 lists at 3.2 M passages: probing 64 of them holds 0.9965 of the exact top-10 (bench/legal_ann.py),
+# the rest of the loss was the SQ8 codes, which the exact re-score removes; 4096 lists train 4.5x longer
+# (180 s vs 40 s) and hold less at the same nprobe.
+MAX_NLIST = 2048
+TRAIN_PER_LIST = 50   # k-means training points per list (FAISS warns below 39)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IndexPlan:
-    """Which FAISS index to build, chosen from the expected number of passages."""
+    """Which FAISS index to build, chosen from the expected number of passages.
+
+    Every IVF plan also keeps float16 copies of the vectors (``vectors.VectorFile``) so that searches
+    re-score their candidates exactly; ``Flat`` is exact already."""
     factory: str
     nlist: int = 0
     train_size: int = 0
+
+    @property
+    def rescored(self) -> bool:
+        return self.factory != "Flat"
 
     @classmethod
     def parse(cls, factory: str) -> IndexPlan:
@@ -46,23 +60,52 @@ class IndexPlan:
     def for_size(cls, expected: int) -> IndexPlan:
         if expected < FLAT_LIMIT:
             return cls("Flat")
-        # ~4*sqrt(N) lists (power of two, 256..8192); 39 training points per list is FAISS's minimum.
+        # ~4*sqrt(N) lists (power of two, 256..MAX_NLIST); 39 training points per list is FAISS's minimum.
         nlist = int(2 ** round(math.log2(4 * math.sqrt(expected))))
-        nlist = min(2048, max(256, nlist))  # IVF2048 trains in ~20 s here (NOTES); 8192 takes minutes
-        return cls(f"IVF{nlist},SQ8", nlist, min(expected, max(50 * nlist, 100_000)))
+        nlist = min(MAX_NLIST, max(256, nlist))
+        return cls(f"IVF{nlist},SQ8", nlist, min(expected, max(TRAIN_PER_LIST * nlist, 100_000)))
 
 
 class DenseIndex:
-    """A FAISS inner-product index over normalised vectors; ids are passage ids."""
+    """A FAISS inner-product index over normalised vectors; ids are passage ids.
 
-    def __init__(self, path: str | Path, dim: int = 384):
+    IVF indexes keep ``<name>.f16`` beside the FAISS file and re-score the top ``k * rescore``
+    candidates exactly from it (see ``apps.legal.vectors``). Open with ``writer=True`` to add vectors:
+    the writer reconciles the two files after a crash; readers never modify anything.
+    """
+
+    def __init__(self, path: str | Path, dim: int = 384, writer: bool = False):
         import faiss
+
+        from apps.legal.vectors import VectorFile
 
         self.faiss = faiss
         self.path = Path(path)
         self.dim = dim
+        self.writer = writer
         self.index = faiss.read_index(str(self.path)) if self.path.exists() else None
         self.nprobe = 16
+        self.rescore = 4  # candidates per requested hit re-scored exactly (0 = the codes' own ranking)
+        self.vectors = VectorFile(self.path.with_suffix(".f16"), dim)
+        if writer:
+            self._reconcile()
+        elif self.vectors.exists() and self.vectors.rows < self.ntotal:
+            raise RuntimeError(f"{self.vectors.path} holds {self.vectors.rows} vectors but {self.path} "
+                               f"{self.ntotal}; run `dsv legal ingest` on the knowledge base to repair it")
+
+    def _reconcile(self) -> None:
+        """Bring the vector file and the FAISS index back to the same passage count after a crash."""
+        if not self.vectors.exists():  # Flat, or an IVF index built before vectors were kept: no re-scoring
+            return
+        rows = self.vectors.rows
+        if rows > self.ntotal:  # appended after the last FAISS save: those passages are re-derived
+            self.vectors.truncate(self.ntotal)
+        elif rows < self.ntotal:  # cannot happen with save()'s ordering, unless the file was damaged
+            log.warning("%s holds %d vectors, %s %d: dropping the index's last %d", self.vectors.path, rows,
+                        self.path, self.ntotal, self.ntotal - rows)
+            self.index.remove_ids(self.faiss.IDSelectorRange(rows, self.ntotal))
+            if self.vectors.rows * self.vectors.row_bytes != self.vectors.path.stat().st_size:
+                self.vectors.truncate(rows)  # a half-written last row
 
     @property
     def ntotal(self) -> int:
@@ -74,28 +117,43 @@ class DenseIndex:
 
     def create(self, plan: IndexPlan, training: np.ndarray | None = None) -> None:
         faiss = self.faiss
+        self._require_writer()
         if plan.factory == "Flat":
             self.index = faiss.IndexFlatIP(self.dim)  # ids are positions: passages are added in id order
         else:
             self.index = faiss.index_factory(self.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
             self.index.train(np.ascontiguousarray(training, dtype=np.float32))
+        if plan.rescored:
+            self.vectors.create()
 
     def add(self, first_id: int, vectors: np.ndarray) -> None:
+        self._require_writer()
         if first_id != self.ntotal:
             raise RuntimeError(f"dense index holds {self.ntotal} passages, refusing to add from id {first_id}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.vectors.exists():
+            self.vectors.append(first_id, vectors)
         if isinstance(self.index, self.faiss.IndexFlat):
             self.index.add(vectors)
         else:
             self.index.add_with_ids(vectors, np.arange(first_id, first_id + len(vectors), dtype=np.int64))
 
     def save(self) -> None:
+        self._require_writer()
+        self.vectors.sync()  # first: the FAISS file must never count more vectors than are on disk
         with atomic_path(self.path) as tmp:
             self.faiss.write_index(self.index, str(tmp))
 
+    def _require_writer(self) -> None:
+        if not self.writer:
+            raise RuntimeError(f"{self.path} was opened read-only (DenseIndex(..., writer=True) to add)")
+
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query; ``allowed`` is a bool mask over passage ids (None = all)."""
+               nprobe: int | None = None, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; ``allowed`` is a bool mask over passage ids (None = all).
+
+        With re-scoring (IVF indexes), FAISS returns ``k * rescore`` candidates - already restricted to
+        ``allowed`` - and their exact scores from the float16 vectors decide the top k."""
         faiss = self.faiss
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.index is None or self.ntotal == 0:
@@ -108,11 +166,22 @@ class DenseIndex:
             bitmap = np.packbits(allowed[: self.ntotal].astype(bool), bitorder="little")
             params.sel = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
             params._keep_bitmap = bitmap  # the selector points into this array; keep it alive
-        scores, ids = self.index.search(queries, k, params=params)
-        return scores, ids
+        factor = self.rescore if rescore is None else rescore
+        if factor and self.vectors.exists():
+            from apps.legal.vectors import exact_top_k
+
+            _, cand = self.index.search(queries, k * factor, params=params)
+            return exact_top_k(queries, cand, self.vectors.view(self.ntotal), k)
+        return self.index.search(queries, k, params=params)
+
+    def prefetch(self) -> None:
+        """Map the re-scoring vectors now (and start reading them into the page cache), not on the first
+        query."""
+        if self.vectors.exists() and self.ntotal:
+            self.vectors.view(self.ntotal)
 
     def size_bytes(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+        return sum(p.stat().st_size for p in (self.path, self.vectors.path) if p.exists())
 
 
 def build_bm25(token_lists: Iterable[list[str]], out_dir: str | Path):

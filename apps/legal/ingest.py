@@ -104,7 +104,7 @@ class Ingestor:
                              f"not '{cfg.embedder}'")
         check_tokenizer(self.store, cfg.kb_dir)
         self.store.set_meta("tokenizer", TOKENIZER)
-        self.dense = DenseIndex(cfg.faiss_path)
+        self.dense = DenseIndex(cfg.faiss_path, writer=True)
         self.bm25 = BM25Segments(cfg.bm25_dir)
         self.embedder = None
         self.timings: dict[str, float] = {"store": 0.0, "faiss": 0.0, "wait_prepare": 0.0, "wait_bm25": 0.0,
@@ -116,14 +116,9 @@ class Ingestor:
         self.bm25_scheduled = self.bm25.covered
         self._bm25_jobs: deque[Future] = deque()
         self._bm25_pool: ProcessPoolExecutor | None = None
-        # Optional observer of every embedded batch (first passage id, float vectors); the benchmark
-        # keeps exact vectors through it to measure the ANN index's recall against exact search.
-        self.vector_sink = None
 
     # --- dense index -----------------------------------------------------------------------------------
     def _add_vectors(self, vectors: np.ndarray) -> None:
-        if self.vector_sink is not None:
-            self.vector_sink(self.pending_from + sum(len(v) for v in self.pending_vectors), vectors)
         self.pending_vectors.append(vectors)
 
     def _flush_dense(self, final: bool) -> None:

@@ -9,6 +9,7 @@ from apps.legal.answer import (
     build_messages,
     extractive_answer,
     neutralise,
+    unsupported_quotes,
     verify_citations,
 )
 from apps.legal.components import Hit
@@ -36,6 +37,21 @@ def test_unverifiable_citations_are_removed_and_flagged():
     reasons = {f["citation"]: f["reason"] for f in v.flagged}
     assert reasons["[7]"] == "no such retrieved passage" and reasons["[12]"] == "no such retrieved passage"
     assert any("999" in k for k in reasons) and any("第九千条" in k for k in reasons)
+
+
+def test_a_quote_must_be_in_a_kept_citation_not_just_next_to_a_valid_marker():
+    hits = _hits()
+    grounded = verify_citations("依据《中华人民共和国民法典》第五百七十七条：“当事人一方不履行合同义务的”[1]。", hits)
+    assert grounded.citations and unsupported_quotes(grounded) == []
+    # The real article's own text is a source too (the answer names it, verification kept it).
+    statute = verify_citations('GDPR Article 33 applies: "the controller shall without undue delay" [2].', hits)
+    assert unsupported_quotes(statute) == []
+    # What the tiny adapter wrote at 2 M judgments: a valid [1] after a quote found nowhere.
+    made_up = verify_citations("依据《中华人民共和国患法》第八十七条规定：“的，未检测即违反该义务。”[1]。", hits)
+    assert [c["marker"] for c in made_up.citations] == ["[1]"]            # the marker alone passes ...
+    assert unsupported_quotes(made_up) == ["的，未检测即违反该义务。"]      # ... the quote does not
+    english = verify_citations('The law says "breach must be reported in 24 hours" [2].', hits)
+    assert unsupported_quotes(english) == ["breach must be reported in 24 hours"]
 
 
 def test_planted_injection_never_reaches_the_prompt_as_instructions(legal_kb):
@@ -76,7 +92,10 @@ def test_answer_through_the_real_model_server(legal_kb, model_server):
     answerer = LegalAnswerer(client, model="legal", max_tokens=24)
     result = answerer.answer("How long may retention logs be kept?", hits)
     assert "Ignore previous instructions" not in json.dumps(answerer.last_messages)
-    assert result.mode == "model" or result.mode.startswith("extractive (model answer had no verifiable")
+    assert result.mode == "model" or result.mode.startswith(("extractive (model answer had no verifiable",
+                                                             "extractive (model answer quoted text"))
+    if result.mode == "model":
+        assert unsupported_quotes(result) == []
     for c in result.citations:
         if c["marker"].startswith("["):
             assert c["doc_id"] in {h.doc_id for h in hits}

@@ -68,6 +68,18 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
     assert n_chunks == max_id  # passage ids dense: no gaps, no duplicates
     assert DenseIndex(cfg.faiss_path).ntotal == n_chunks
     assert BM25Segments(cfg.bm25_dir).covered == n_chunks
+    # The float16 vectors kept for exact re-scoring survived the kill too: one row per passage, in id
+    # order (none lost, none doubled), equal to the passages' embeddings.
+    from apps.legal.embedders import StaticEmbedder
+    from apps.legal.store import Store
+
+    dense = DenseIndex(cfg.faiss_path)
+    assert dense.vectors.rows == n_chunks
+    store = Store(db, readonly=True)
+    texts = [t for _, t in store.iter_chunk_texts(0, n_chunks)]
+    store.close()
+    expected = StaticEmbedder.load(kb / "static").embed(texts)
+    np.testing.assert_allclose(np.asarray(dense.vectors.view(n_chunks), np.float32), expected, atol=2e-3)
 
     # Appending new judgments later is incremental: only they are added.
     more = tmp_path / "more.jsonl"
@@ -84,6 +96,7 @@ def test_ingest_killed_midway_then_rerun_stores_every_document_once(tmp_path, st
 
     index = DenseIndex(cfg.faiss_path)
     assert isinstance(faiss.downcast_index(index.index), faiss.IndexIVFScalarQuantizer)
+    assert index.vectors.rows == index.ntotal == n_chunks + inc.added_passages
     allowed = np.zeros(index.ntotal, dtype=bool)
     allowed[::7] = True
     _, ids = index.search(np.ones((1, 384), np.float32) / np.sqrt(384), 50, allowed=allowed, nprobe=16)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from apps.legal.pipeline import RetrievalMode, Retriever
 
@@ -94,3 +95,25 @@ def test_vectorised_bm25_build_scores_exactly_like_bm25s(tmp_path):
         a = ref.get_scores([t for t in q if t in ref.vocab_dict])
         b = ours.get_scores([t for t in q if t in ours.vocab_dict])
         assert a.max() > 0 and np.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_access_masks_are_cached_per_tenant_read_only_and_match_the_labels(legal_kb):
+    from apps.legal.components import AccessFilter
+    from apps.legal.store import Store
+
+    cfg, _, _ = legal_kb
+    access = AccessFilter(cfg)
+    access.warm_up()
+    a = access.run(tenant="firm-a")["allowed"]
+    b = access.run(tenant="firm-b")["allowed"]
+    public = access.run(tenant=None)["allowed"]
+    assert access.run(tenant="firm-a")["allowed"] is a        # served from the cache ...
+    with pytest.raises(ValueError):                            # ... which no retriever can modify
+        a[0] = not a[0]
+    store = Store(cfg.sqlite_path, readonly=True)
+    rows = store.passages(range(store.n_chunks()))
+    store.close()
+    labels = [rows[i].access for i in range(len(rows))]
+    for mask, tenant in ((a, "firm-a"), (b, "firm-b"), (public, None)):
+        np.testing.assert_array_equal(mask, [lab in ("public", tenant) for lab in labels])
+

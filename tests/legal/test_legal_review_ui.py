@@ -68,6 +68,39 @@ def test_export_training_data_is_valid_chat_jsonl(legal_kb, tmp_path):
     assert "[" in first["messages"][2]["content"]
 
 
+def test_exported_prompts_fit_the_base_models_window_as_served(legal_kb, tmp_path, tiny_model_dir):
+    """Records fitted to the base model use the answerer's own evidence budgets, leave room for the
+    answer in the context window, and cite a passage that is in the prompt."""
+    import re
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from apps.legal.llm import ANSWER_TOKENS
+    from apps.legal.review import export_training_data
+
+    cfg, _, _ = legal_kb
+    # The test model's 600-token vocabulary is nearly byte-level (a Chinese character is 3 tokens): give
+    # it a 4,096-token window: short prompts keep all 4 passages, longer ones step down to fewer, shorter ones.
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    out = tmp_path / "fitted.jsonl"
+    assert export_training_data(cfg, out, n=10, model_dir=model_dir) > 0
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    window = 4096
+    passages_shown = set()
+    for line in out.read_text(encoding="utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        prompt = tok.apply_chat_template(messages[:2], add_generation_prompt=True, tokenize=False)
+        assert len(tok(prompt, add_special_tokens=False).input_ids) + ANSWER_TOKENS <= window
+        shown = len(re.findall(r'<passage id="', messages[1]["content"]))
+        passages_shown.add(shown)
+        cited = [int(n) for n in re.findall(r"\[(\d+)\]", messages[2]["content"])]
+        assert cited and all(1 <= n <= shown for n in cited)
+    assert min(passages_shown) < 4  # some prompts stepped down from 4 x 1,200 characters
+
+
 def test_service_prepares_a_corpus_serves_and_stops_on_sigterm(tmp_path, static_embedder_dir):
     home = tmp_path / "home"
     kb = home / "legal" / "kb"

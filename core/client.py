@@ -65,9 +65,11 @@ class ModelClient:
         self._down_reason = ""
         self._lock = threading.Lock()
         limits = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
-        # The openai client insists on a key; servers without auth (vLLM default) ignore it.
+        # The openai client insists on a key; servers without auth (vLLM default) ignore it. Its own
+        # Timeout class: openai 3.6x moved from httpx to httpx2 and refuses an httpx.Timeout.
         self._openai = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY",
-                                     timeout=limits, max_retries=max_retries)
+                                     timeout=openai.Timeout(timeout, connect=min(connect_timeout, timeout)),
+                                     max_retries=max_retries)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=limits, headers=headers)
 

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from apps.finance.data import GeneratorConfig, columns_to_records, generate_columns
+from apps.finance.episode import WINDOW_S
 from apps.finance.model import FastScorer, train_fast_scorer
 from apps.finance.pipeline import BatchScorer, _decode, dumps, to_columns
 from apps.finance.service import ScorerConfig, run_scorer
@@ -283,7 +284,6 @@ def cpu_profile(model_path: Path, values: list[bytes], batch_size: int) -> dict:
     ref_state.compiled = False
     t = dict.fromkeys(("decode", "validate_columns", "features", "predict", "outputs_serialise",
                        "features_numpy_reference", "predict_sklearn_reference"), 0.0)
-    scorer = BatchScorer(model, state)
     whole = 0.0
     for i in range(0, len(values), batch_size):
         raws = values[i:i + batch_size]
@@ -306,19 +306,34 @@ def cpu_profile(model_path: Path, values: list[bytes], batch_size: int) -> dict:
         t["predict"] += c4 - c3
         t["features_numpy_reference"] += c5 - c4
         t["predict_sklearn_reference"] += c6 - c5
-    scorer.state = FeatureState()
-    for i in range(0, len(values), batch_size):  # the whole path as the stream runs it
-        c0 = _cpu()
-        result = scorer.score_raw(values[i:i + batch_size])
-        c1 = _cpu()
-        result.encoded(), [x.encode() for x in result.tx_ids]  # what the stream hands the producer
-        c2 = _cpu()
-        whole += c2 - c0
-        t["outputs_serialise"] += c2 - c1
+    # The whole path as the stream runs it (run_scorer: episode context on), then the same without the
+    # adjudicator's inputs (no fraud.context, flags not serialised) to show what they cost.
+    counts = {"flags": 0, "context": 0}
+    without_inputs = 0.0
+    for window in (WINDOW_S, None):
+        scorer = BatchScorer(model, FeatureState(), context_window_s=window)
+        for i in range(0, len(values), batch_size):
+            c0 = _cpu()
+            result = scorer.score_raw(values[i:i + batch_size])
+            c1 = _cpu()
+            result.encoded(), [x.encode() for x in result.tx_ids]  # what the stream hands the producer
+            c2 = _cpu()
+            if window is None:
+                without_inputs += c2 - c0
+                continue
+            [dumps(r) for r in result.flags], [dumps(r) for r in result.context]  # fraud.alerts, fraud.context
+            c3 = _cpu()
+            whole += c3 - c0
+            t["outputs_serialise"] += c2 - c1
+            t["adjudicator_inputs_serialise"] = t.get("adjudicator_inputs_serialise", 0.0) + c3 - c2
+            counts["flags"] += len(result.flags)
+            counts["context"] += len(result.context)
     n = len(values)
     us = {k: round(v / n * 1e6, 2) for k, v in t.items()}
-    return {"n": n, "batch_size": batch_size, "us_per_tx": us,
+    us["adjudicator_inputs_total"] = round((whole - without_inputs) / n * 1e6, 2)
+    return {"n": n, "batch_size": batch_size, "us_per_tx": us, "adjudicator_inputs_records": counts,
             "score_and_serialise_tx_per_cpu_s": round(n / whole),  # one core, no Kafka
+            "without_adjudicator_inputs_tx_per_cpu_s": round(n / without_inputs),
             "features_speedup_vs_numpy": round(t["features_numpy_reference"] / t["features"], 1),
             "predict_speedup_vs_sklearn": round(t["predict_sklearn_reference"] / t["predict"], 2),
             "trees": len(getattr(model.classifier, "clf", model.classifier)._predictors)}

@@ -162,17 +162,23 @@ def _produce(args, settings) -> int:
 
 
 def _adjudicate(args, settings) -> int:
-    from apps.finance.llm import AdjudicatorConfig, run_adjudicator
+    from apps.finance.llm import AdjudicatorConfig, Calibration, run_adjudicator, saved_calibration
     from apps.finance.service import install_stop_signals
     from apps.finance.stream import kafka_bootstrap
 
+    calibration = saved_calibration(settings.app_dir("finance"), args.model)
+    if calibration is None:
+        log.warning("no calibration for adapter %s (python -m apps.finance.adjudicator_eval "
+                    "--write-calibration): the adapter's P(fraud) alone decides, at 0.5", args.model)
+        calibration = Calibration()
     stop = threading.Event()
     install_stop_signals(stop)
     with kafka_bootstrap(settings) as bootstrap:
         cfg = AdjudicatorConfig(bootstrap=bootstrap, server_url=settings.server_url, api_key=settings.api_key,
                                 group=args.group, client=args.client, model=args.model,
                                 sink_path=sink_path(settings), idle_exit_s=args.idle_exit,
-                                metrics_port=args.metrics_port or None)
+                                metrics_port=args.metrics_port or None, calibration=calibration,
+                                window_s=args.window_s)
         n = run_adjudicator(cfg, stop)
     print(f"adjudicated {n} alerts")
     return 0
@@ -183,8 +189,16 @@ def _curriculum(args, settings) -> int:
 
     from apps.finance.curriculum import CurriculumConfig, run_curriculum
 
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        seeds = ()
+    if len(seeds) != 3:
+        raise InputError(f"--seeds: expected three integers 'STAGE1,STAGE2,TEST', got {args.seeds!r}")
     result = run_curriculum(CurriculumConfig(n_stage1=args.n_stage1, n_stage2=args.n_stage2, n_test=args.n_test,
-                                             out_dir=settings.app_dir("finance") / "curriculum"))
+                                             n_adjudicator_stage1=args.n_adjudicator_stage1, data_seeds=seeds,
+                                             out_dir=Path(args.out) if args.out else
+                                             settings.app_dir("finance") / "curriculum"))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -239,6 +253,7 @@ def register(subparsers) -> None:
     p.add_argument("--group", default="fraud-adjudicator", help="consumer group")
     p.add_argument("--client", choices=("confluent", "kafka-python"), default="confluent", help="Kafka client")
     p.add_argument("--model", default="finance", help="adapter name on the model server")
+    p.add_argument("--window-s", type=float, default=1800.0, help="episode window in stream time (seconds)")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0 = off)")
 
@@ -247,6 +262,10 @@ def register(subparsers) -> None:
     p.add_argument("--n-stage1", type=int, default=300_000, help="stage-1 labelled synthetic transactions")
     p.add_argument("--n-stage2", type=int, default=300_000, help="stage-2 'real' stream (0.3%% labelled)")
     p.add_argument("--n-test", type=int, default=200_000, help="held-out stream (different seed)")
+    p.add_argument("--n-adjudicator-stage1", type=int, default=1_000_000,
+                   help="synthetic transactions whose flags become the adjudicator's stage-1 records")
+    p.add_argument("--seeds", default="101,202,303", help="generator seeds: stage 1, stage 2, held-out stream")
+    p.add_argument("--out", default=None, help="output directory (default: DSV_HOME/finance/curriculum)")
 
     p = add_command(group, "service", _service,
                     "Run everything on embedded defaults: broker, live producer, scorer, adjudicator (Ctrl-C stops).")

@@ -24,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from apps.finance.adjudicator_data import flag_set
 from apps.finance.data import GeneratorConfig, generate_columns
+from apps.finance.episode import Thresholds
 from apps.finance.features import featurize_all
-from apps.finance.model import FastScorer, best_f1_threshold, fit_classifier, metrics
+from apps.finance.model import REVIEW_FRACTION, FastScorer, best_f1_threshold, fit_classifier, metrics
+from shared.io import write_jsonl_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class CurriculumConfig:
     confident_positive: float = 0.5
     max_iter: int = 200
     seed: int = 0
+    # Generator seeds of the three worlds: stage-1 synthetic set, stage-2 "real" stream, held-out stream.
+    data_seeds: tuple[int, int, int] = (101, 202, 303)
+    n_adjudicator_stage1: int = 1_000_000  # the adjudicator's stage-1 synthetic set (its flags become records)
     out_dir: Path | None = None
 
 
@@ -65,14 +71,15 @@ def _episode_neighbours(cols, positive: np.ndarray, window_s: float) -> np.ndarr
 
 def run_curriculum(cfg: CurriculumConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
-    s1 = generate_columns(GeneratorConfig(n=cfg.n_stage1, seed=101))
-    real = generate_columns(GeneratorConfig(n=cfg.n_stage2, seed=202, drift=cfg.drift))
-    test = generate_columns(GeneratorConfig(n=cfg.n_test, seed=303, drift=cfg.drift))
+    seed1, seed2, seed_test = cfg.data_seeds
+    s1 = generate_columns(GeneratorConfig(n=cfg.n_stage1, seed=seed1))
+    real = generate_columns(GeneratorConfig(n=cfg.n_stage2, seed=seed2, drift=cfg.drift))
+    test = generate_columns(GeneratorConfig(n=cfg.n_test, seed=seed_test, drift=cfg.drift))
     X1, Xr, Xt = featurize_all(s1), featurize_all(real), featurize_all(test)
     y1, yr, yt = (c["is_fraud"].astype(int) for c in (s1, real, test))
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                     "data": "synthetic (apps/finance/data.py); held-out stream seed 303, drift "
-                             f"{cfg.drift}; stage-2 stream seed 202; stage-1 seed 101"}
+                     "data": f"synthetic (apps/finance/data.py); held-out stream seed {seed_test}, drift "
+                             f"{cfg.drift}; stage-2 stream seed {seed2}; stage-1 seed {seed1}"}
 
     # Stage 1: large labelled synthetic set; threshold chosen on its last 20 % (by time).
     cut = int(len(y1) * 0.8)
@@ -129,64 +136,67 @@ def run_curriculum(cfg: CurriculumConfig) -> dict:
         for stage, p, thr in (("stage1", m1.predict_proba(Xt)[:, 1], thr1), ("stage2", p2, thr2))}
 
     if cfg.out_dir:
-        # The adjudicator sees the fast tier's score: give it out-of-sample scores on stage 1 too
-        # (two-fold by time), or it learns to trust in-sample scores of ~1.0 for every fraud.
-        half = len(y1) // 2
-        p1 = np.empty(len(y1))
-        for fit_rows, score_rows in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
-            p1[score_rows] = fit_classifier(X1[fit_rows], y1[fit_rows], cfg.seed,
-                                            max_iter=cfg.max_iter).predict_proba(X1[score_rows])[:, 1]
-        # Stage 2's adjudicator pool adds the stage-1 alerts that episode consistency did not support:
-        # isolated flags, mostly the drifted customers' innocent anomalies -- the alerts it must clear.
-        _write_outputs(cfg.out_dir, results, real, Xr, pr, use | alerts, y_pseudo, thr1, s1, X1, p1)
-        # The stage-2 fast tier with its threshold: what `adjudicator_eval` puts in front of the adapter.
-        FastScorer(m2, thr2, meta={"source": "curriculum stage 2", "thresholds": results["thresholds"]}
-                   ).save(Path(cfg.out_dir) / "fast_model_stage2.pkl")
+        out_dir = Path(cfg.out_dir)
+        thresholds = {"stage1": Thresholds(thr1, thr1 * REVIEW_FRACTION), "stage2": Thresholds(thr2, thr2 * REVIEW_FRACTION)}
+        for stage, model in (("stage1", m1), ("stage2", m2)):
+            # What `adjudicator_eval` puts in front of the adapters: each stage's fast tier and thresholds.
+            FastScorer(model, thresholds[stage].alert, review_threshold=thresholds[stage].review,
+                       meta={"source": f"curriculum {stage}", "thresholds": results["thresholds"]}
+                       ).save(out_dir / f"fast_model_{stage}.pkl")
+        results["adjudicator_data"] = _write_adjudicator_data(
+            cfg, out_dir, m1, thresholds, X1, y1, real, Xr, yr, y_pseudo, use)
+        write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2))
     return results
 
 
-def _write_outputs(out_dir: Path, results: dict, real, Xr, pr, pool2, y_pseudo, thr1: float, s1, X1, p1,
-                   max_records: int = 1600) -> None:
-    """Results JSON plus the adjudicator's two chat data sets.
+def _write_adjudicator_data(cfg: CurriculumConfig, out_dir: Path, m1, thresholds: dict[str, Thresholds], X1, y1,
+                            real, Xr, yr, y_pseudo, use) -> dict:
+    """The adjudicator's curriculum: chat records of what each stage's fast tier flags, with episodes.
 
-    The adjudicator only ever sees what the fast tier flags, so its training records are the rows the
-    fast tier scores near or above its threshold (>= a quarter of it: the borderline cases it must
-    confirm or clear), all (pseudo-)frauds, and a few clear negatives, each with the account's recent
-    history (``llm.recent_history``)."""
-    from apps.finance.llm import chat_record, recent_history
-    from apps.finance.model import reasons_for
-    from shared.io import write_jsonl_atomic, write_text_atomic
+    Stage 1: a separate large synthetic set (no drift, labelled, typology-specific reasons) scored by the
+    stage-1 fast tier, so the scores it shows are out of sample. Stage 2: the drifted stream with its
+    pseudo-labels (0.3 % real labels), scored out of sample by stage-2 fast tiers (two folds: each trained
+    on stage 1 plus the other half's pseudo-labels) at the stage-2 thresholds; generic reasons only (no
+    typologies are known there). Held out for validation (and the adjudicator's decision cut-off):
+    10 % of stage 1 (``llm_val_stage1.jsonl``), 20 % of stage 2 (``llm_val.jsonl``)."""
+    extra = generate_columns(GeneratorConfig(n=cfg.n_adjudicator_stage1, seed=cfg.data_seeds[0] + 1))
+    Xe = featurize_all(extra)
+    flags1 = flag_set(extra, Xe, m1.predict_proba(Xe)[:, 1], thresholds["stage1"])
 
-    out_dir = Path(out_dir)
-    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2))
-    rng = np.random.default_rng(0)
-    counts = {}
-    # Stage 2 knows no typologies (its labels are mostly pseudo-labels): generic reasons only.
-    for name, cols, X, labels, pool, scores, typologies in (
-            ("llm_stage1.jsonl", s1, X1, s1["is_fraud"].astype(int), np.ones(len(s1["ts"]), bool), p1, s1["typology"]),
-            ("llm_stage2.jsonl", real, Xr, y_pseudo, pool2, pr, np.full(len(pr), ""))):
-        pos = np.flatnonzero(pool & (labels == 1))
-        hard = np.flatnonzero(pool & (labels == 0) & (scores >= thr1 / 4))
-        clear = np.flatnonzero(pool & (labels == 0) & (scores < thr1 / 4))
-        hard = rng.choice(hard, min(len(hard), max_records - len(pos) - len(pos) // 2), replace=False)
-        clear = rng.choice(clear, min(len(clear), max(len(pos) // 2, max_records - len(pos) - len(hard))),
-                           replace=False)
-        rows = np.sort(np.r_[pos, hard, clear])
-        counts[name] = {"fraud": len(pos), "legit_flagged_or_borderline": len(hard),
-                        "legit_clear": len(clear)}
-        reasons = reasons_for(X, rows)
-        histories = recent_history(cols, rows)
-        records = []
-        for r, why, hist in zip(rows.tolist(), reasons, histories):
-            tx = {k: (v[r].item() if hasattr(v[r], "item") else v[r]) for k, v in cols.items()
-                  if k not in ("is_fraud", "typology", "label_ts")}
-            alert = {"tx_id": tx["tx_id"], "score": float(scores[r]), "reasons": why, "tx": tx, "history": hist}
-            records.append(chat_record(alert, bool(labels[r]), str(typologies[r])))
-        rng.shuffle(records)
-        if name == "llm_stage2.jsonl":  # a small held-out part is the fine-tune's validation set
-            n_val = min(200, len(records) // 5)
-            write_jsonl_atomic(out_dir / "llm_val.jsonl", records[:n_val])
-            records = records[n_val:]
-        write_jsonl_atomic(out_dir / name, records)
-    results["llm_records"] = counts
-    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2))
+    half = len(yr) // 2
+    p2 = np.empty(len(yr))
+    for score_rows in (slice(0, half), slice(half, None)):
+        fit = use.copy()
+        fit[score_rows] = False
+        model = fit_classifier(np.vstack([X1, Xr[fit]]), np.r_[y1, y_pseudo[fit]], cfg.seed, max_iter=cfg.max_iter)
+        p2[score_rows] = model.predict_proba(Xr[score_rows])[:, 1]
+    flags2 = flag_set(real, Xr, p2, thresholds["stage2"])
+
+    rng = np.random.default_rng(cfg.seed)
+    rng_balance = np.random.default_rng(cfg.seed + 1)  # its own stream: the validation split stays put
+    summary = {}
+    for name, val_name, flags, labels, typologies, truth, val_share in (
+            ("llm_stage1.jsonl", "llm_val_stage1.jsonl", flags1, extra["is_fraud"], extra["typology"],
+             extra["is_fraud"], 0.1),
+            ("llm_stage2.jsonl", "llm_val.jsonl", flags2, y_pseudo, None, yr, 0.2)):
+        records = flags.chat_records(labels, typologies)
+        y = np.asarray(labels)[flags.rows].astype(int)
+        order = rng.permutation(len(records))
+        n_val = int(len(records) * val_share)
+        write_jsonl_atomic(out_dir / val_name, [records[i] for i in order[:n_val]])
+        train, legit_repeat = _balanced(order[n_val:], y, rng_balance)
+        write_jsonl_atomic(out_dir / name, [records[i] for i in train])
+        summary[name] = {"records": len(records), "validation": n_val, "fraud_share": round(float(y.mean()), 4),
+                         "legit_repeat": legit_repeat, "training_records": len(train),
+                         # only measurable because the data is synthetic; training never sees it
+                         "label_agreement_with_truth": round(float((y == np.asarray(truth)[flags.rows]).mean()), 4)}
+    return summary
+
+
+def _balanced(rows: np.ndarray, y: np.ndarray, rng, max_repeat: int = 4) -> tuple[np.ndarray, int]:
+    """Training rows with each legit flag repeated so the classes are about even (at most ``max_repeat``
+    times). Most flags are fraud (72 % in stage 1, 89 % pseudo-fraud in stage 2 on the default seeds),
+    and an adapter trained on that mix answers "fraud" with P ~0.99 for both classes."""
+    legit, fraud = rows[y[rows] == 0], rows[y[rows] == 1]
+    repeat = int(min(max_repeat, max(1, round(len(fraud) / max(len(legit), 1)))))
+    return rng.permutation(np.r_[fraud, np.repeat(legit, repeat)]), repeat

@@ -163,6 +163,8 @@ class FeatureState:
     def __init__(self):
         self.accounts, self.devices = KeyIndex(), KeyIndex()
         self.acct, self.dev = AccountState(), DeviceState()
+        # Dense account and device ids of the last batch's rows (the scorer's watch list reuses them).
+        self.batch_keys: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def transform(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Features (rows in the batch's order) computed with the state *before* each transaction."""
@@ -177,6 +179,7 @@ class FeatureState:
         country = encode(batch["country"], _COUNTRY_CODE, len(COUNTRIES))
         acct = self.accounts.lookup(batch["account"])
         dev = self.devices.lookup(batch["device"])
+        self.batch_keys = (acct, dev)
         self.acct.ensure(len(self.accounts))
         self.dev.ensure(len(self.devices))
 

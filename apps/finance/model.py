@@ -17,6 +17,9 @@ from shared.io import InputError, atomic_path
 
 MODEL_VERSION = "fast-hgb-v1"
 FRAUD_REPEAT = 5
+#: Transactions scoring at least this share of the alert threshold are sent to the adjudicator (the
+#: alerts and the borderline rows below them): it can clear alerts and confirm borderline fraud.
+REVIEW_FRACTION = 0.25
 
 
 @dataclass
@@ -26,6 +29,12 @@ class FastScorer:
     name: str = MODEL_VERSION
     feature_names: tuple[str, ...] = FEATURE_NAMES
     meta: dict = field(default_factory=dict)
+    review_threshold: float | None = None
+    """Scores from here up go to the adjudicator (None: only alerts; files saved before it existed)."""
+
+    @property
+    def review_at(self) -> float:
+        return self.threshold if self.review_threshold is None else min(self.review_threshold, self.threshold)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if len(X) == 0:
@@ -129,7 +138,8 @@ def train_fast_scorer(cols: dict[str, np.ndarray], seed: int = 0, batch_size: in
     validation = metrics(y[cut:], p_val, threshold)
     final = fit_classifier(X, y, seed, max_iter=max_iter)
     return FastScorer(final, threshold, meta={"validation": validation, "n_train": len(y),
-                                              "fraud_rate": float(y.mean()), "seed": seed})
+                                              "fraud_rate": float(y.mean()), "seed": seed},
+                      review_threshold=threshold * REVIEW_FRACTION)
 
 
 # -- reasons ------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def run_service(settings, rate: float = 200, client: str = "confluent", metrics_port: int | None = 9108) -> int:
     from apps.finance.cli import ensure_model, sink_path
-    from apps.finance.llm import AdjudicatorConfig, run_adjudicator
+    from apps.finance.llm import AdjudicatorConfig, Calibration, run_adjudicator, saved_calibration
     from apps.finance.service import ScorerConfig, install_stop_signals, produce_live, run_scorer
     from apps.finance.stream import kafka_bootstrap
 
@@ -30,6 +30,7 @@ def run_service(settings, rate: float = 200, client: str = "confluent", metrics_
                                                       metrics_port=metrics_port, instance_id="scorer-0"), stop),
             "adjudicator": lambda: run_adjudicator(AdjudicatorConfig(
                 bootstrap, settings.server_url, settings.api_key, client=client, sink_path=sink,
+                calibration=saved_calibration(settings.app_dir("finance"), "finance") or Calibration(),
                 metrics_port=(metrics_port + 1) if metrics_port else None), stop),
         }
         failures: list[str] = []

@@ -39,6 +39,7 @@ from apps.finance.data import (
     ContractError,
     validate_transaction,
 )
+from apps.finance.episode import WatchList
 from apps.finance.features import FeatureState
 from apps.finance.model import FastScorer, reasons_for
 
@@ -78,7 +79,8 @@ class ScoredBatch:
     alert: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     reasons: dict[int, list[str]] = field(default_factory=dict)       # alerts only
     model: str = ""
-    alerts: list[dict[str, Any]] = field(default_factory=list)        # alert outputs plus "tx"
+    flags: list[dict[str, Any]] = field(default_factory=list)         # `fraud.alerts` records (flag_record)
+    context: list[dict[str, Any]] = field(default_factory=list)       # `fraud.context` records (context_record)
     rejects: list[Reject] = field(default_factory=list)
 
     @property
@@ -197,12 +199,32 @@ def to_columns(objs: list[Any], bad: dict[int, str]) -> tuple[dict[str, Any], np
     return cols, keep, rejects
 
 
-class BatchScorer:
-    """Decode -> validate -> features (stateful) -> fast-tier score -> outputs."""
+def flag_record(tx_id: str, score: float, alert: bool, reasons: list[str], model: str, tx: dict[str, Any],
+                threshold: float) -> dict[str, Any]:
+    """A `fraud.alerts` record: a transaction at or above the fast tier's review threshold, for the
+    adjudicator. ``alert`` is the fast tier's own verdict (score >= ``threshold``, its alert threshold)."""
+    return {"tx_id": tx_id, "score": score, "alert": alert, "reasons": reasons, "model": model, "tx": tx,
+            "threshold": threshold}
 
-    def __init__(self, model: FastScorer, state: FeatureState | None = None):
+
+def context_record(tx_id: str, score: float, model: str, tx: dict[str, Any]) -> dict[str, Any]:
+    """A `fraud.context` record: a transaction below the review threshold whose account or device had a
+    flag within the episode window (the adjudicator's view of what happened around the flag)."""
+    return {"tx_id": tx_id, "score": score, "model": model, "tx": tx}
+
+
+class BatchScorer:
+    """Decode -> validate -> features (stateful) -> fast-tier score -> outputs.
+
+    Besides the scores, each batch yields the adjudicator's inputs: the flags (score at or above the
+    review threshold) and, with ``context_window_s`` set, the context: every other transaction of an
+    account or device flagged within that many seconds (of transaction time) before it."""
+
+    def __init__(self, model: FastScorer, state: FeatureState | None = None,
+                 context_window_s: float | None = None):
         self.model = model
         self.state = state or FeatureState()
+        self.watch = WatchList(context_window_s) if context_window_s else None
 
     def score_raw(self, raws: list[bytes]) -> ScoredBatch:
         objs, bad = _decode(raws)
@@ -221,9 +243,17 @@ class BatchScorer:
         batch.alert = p >= self.model.threshold
         batch.scores = np.round(p, 5)
         batch.tx_ids = cols["tx_id"]
-        alert_rows = np.flatnonzero(batch.alert).tolist()
-        batch.reasons = dict(zip(alert_rows, reasons_for(X, np.asarray(alert_rows, dtype=np.int64))))
-        for i in alert_rows:  # alerts carry the transaction for the adjudicator
-            batch.alerts.append({"tx_id": batch.tx_ids[i], "score": float(batch.scores[i]), "alert": True,
-                                 "reasons": batch.reasons[i], "model": batch.model, "tx": objs[int(keep[i])]})
+        flagged = p >= self.model.review_at
+        flag_rows = np.flatnonzero(flagged)
+        flag_reasons = dict(zip(flag_rows.tolist(), reasons_for(X, flag_rows)))
+        batch.reasons = {i: r for i, r in flag_reasons.items() if batch.alert[i]}
+        threshold = float(self.model.threshold)
+        for i, why in flag_reasons.items():  # flags carry the transaction for the adjudicator
+            batch.flags.append(flag_record(batch.tx_ids[i], float(batch.scores[i]), bool(batch.alert[i]), why,
+                                           batch.model, objs[int(keep[i])], threshold))
+        if self.watch is not None:
+            acct, dev = self.state.batch_keys
+            for i in np.flatnonzero(self.watch.update(acct, dev, cols["ts"], flagged) & ~flagged).tolist():
+                batch.context.append(context_record(batch.tx_ids[i], float(batch.scores[i]), batch.model,
+                                                    objs[int(keep[i])]))
         return batch

@@ -10,14 +10,23 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from apps.finance.episode import WINDOW_S
 from apps.finance.pipeline import BatchScorer, dumps
-from apps.finance.stream import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_TX, make_consumer, make_producer
+from apps.finance.stream import (
+    TOPIC_ALERTS,
+    TOPIC_CONTEXT,
+    TOPIC_DLQ,
+    TOPIC_SCORES,
+    TOPIC_TX,
+    make_consumer,
+    make_producer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,7 @@ class ScorerConfig:
     record_latency: bool = False          # keep produce->scored latencies (benchmarks)
     stop_after: int | None = None         # stop once this many transactions are scored (benchmarks)
     stats_every_s: float = 1.0
+    context_window_s: float | None = WINDOW_S  # episode context for the adjudicator (None: no fraud.context)
 
 
 @dataclass
@@ -72,7 +82,7 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
     from apps.finance.model import FastScorer
 
     stop = stop or threading.Event()
-    scorer = BatchScorer(FastScorer.load(cfg.model_path))
+    scorer = BatchScorer(FastScorer.load(cfg.model_path), context_window_s=cfg.context_window_s)
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
     sink = None
@@ -106,8 +116,10 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
             t0 = time.perf_counter()
             result = scorer.score_raw(msgs.values)
             producer.send_many(TOPIC_SCORES, result.encoded(), [t.encode() for t in result.tx_ids])
-            for alert in result.alerts:
-                producer.send(TOPIC_ALERTS, dumps(alert), alert["tx_id"].encode())
+            for flag in result.flags:
+                producer.send(TOPIC_ALERTS, dumps(flag), flag["tx_id"].encode())
+            for record in result.context:
+                producer.send(TOPIC_CONTEXT, dumps(record), record["tx_id"].encode())
             for reject in result.rejects:
                 m = msgs.message(reject.index)
                 producer.send(TOPIC_DLQ, m.value or b"", m.key, headers={
@@ -121,7 +133,7 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
             stats.first_output_at = stats.first_output_at or time.time()
             stats.last_output_at, stats.cpu_at_last_output = time.time(), time.process_time()
             BATCH_SECONDS.observe(elapsed)
-            n_alerts = len(result.alerts)
+            n_alerts = int(result.alert.sum())
             TX_TOTAL.labels("scored").inc(result.n - n_alerts)
             TX_TOTAL.labels("alert").inc(n_alerts)
             TX_TOTAL.labels("dlq").inc(len(result.rejects))
@@ -132,7 +144,7 @@ def run_scorer(cfg: ScorerConfig, stop: threading.Event | None = None) -> Scorer
             stats.batch_seconds.append(elapsed)
             since_stats += result.n
             if sink:
-                sink.record_scores(result.scores, result.alerts)
+                sink.record_scores(result.scores, [f for f in result.flags if f["alert"]])
             if now - last_stats > cfg.stats_every_s:
                 _report(consumer, sink, stats, since_stats, now - last_stats)
                 last_stats, since_stats = now, 0
@@ -217,8 +229,11 @@ def produce_live(bootstrap: str, rate: float, stop: threading.Event, client: str
         while not stop.is_set():
             # A pool of synthetic traffic replayed in order, so fraud episodes stay whole; data time (ts)
             # is the generator's, wall time only paces the replay.
-            cols = generate_columns(GeneratorConfig(n=max(chunk * 600, 20_000), seed=seed + pool_no,
-                                                    span_days=2, fraud_rate=0.004))
+            pool = GeneratorConfig(n=max(chunk * 600, 20_000), seed=seed + pool_no, span_days=2, fraud_rate=0.004)
+            # each pool continues the previous one's data time, so stream time never runs backwards
+            # (the adjudicator's episode windows are in stream time)
+            pool = replace(pool, start_ts=pool.start_ts + pool_no * pool.span_days * 86400.0)
+            cols = generate_columns(pool)
             cols["tx_id"] = np.char.add(f"live{seed + pool_no}-", np.arange(len(cols["ts"])).astype(str))
             for start in range(0, len(cols["ts"]), chunk):
                 if stop.is_set():

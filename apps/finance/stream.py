@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 TOPIC_TX, TOPIC_SCORES, TOPIC_ALERTS = "transactions", "fraud.scores", "fraud.alerts"
 TOPIC_DLQ, TOPIC_ADJUDICATIONS = "transactions.dlq", "fraud.adjudications"
-ALL_TOPICS = (TOPIC_TX, TOPIC_SCORES, TOPIC_ALERTS, TOPIC_DLQ, TOPIC_ADJUDICATIONS)
+TOPIC_CONTEXT = "fraud.context"  # transactions around a flag, for the adjudicator (apps/finance/episode.py)
+ALL_TOPICS = (TOPIC_TX, TOPIC_SCORES, TOPIC_ALERTS, TOPIC_DLQ, TOPIC_ADJUDICATIONS, TOPIC_CONTEXT)
 CLIENTS = ("confluent", "kafka-python")
 
 
@@ -63,6 +64,7 @@ class Consumer(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
     def poll_batch(self, max_records: int, timeout_s: float) -> Polled: ...
     def commit(self) -> None: ...
+    def commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None: ...
     def has_assignment(self) -> bool: ...
     def lag(self) -> int: ...
     def close(self) -> None: ...
@@ -139,10 +141,24 @@ class ConfluentConsumer:
         return bool(self._c.assignment())
 
     def commit(self) -> None:
+        self._commit(None)
+
+    def commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit ``(topic, partition) -> next offset to read`` (a consumer that holds records past a
+        poll, like the adjudicator, commits only what it no longer needs)."""
+        from confluent_kafka import TopicPartition
+
+        if offsets:
+            self._commit([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
+
+    def _commit(self, offsets) -> None:
         from confluent_kafka import KafkaError, KafkaException
 
         try:
-            self._c.commit(asynchronous=False)
+            if offsets is None:
+                self._c.commit(asynchronous=False)
+            else:
+                self._c.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             code = exc.args[0].code() if exc.args else None
             if code == KafkaError._NO_OFFSET:  # nothing consumed since the last commit
@@ -248,6 +264,15 @@ class KafkaPythonConsumer:
         return bool(self._c.assignment())
 
     def commit(self) -> None:
+        self._commit(None)
+
+    def commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        if offsets:
+            self._commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+
+    def _commit(self, offsets) -> None:
         from kafka.errors import (
             CommitFailedError,
             IllegalGenerationError,
@@ -255,7 +280,7 @@ class KafkaPythonConsumer:
         )
 
         try:
-            self._c.commit()
+            self._c.commit(offsets) if offsets is not None else self._c.commit()
         except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError) as exc:
             log.warning("commit lost to a rebalance (%s); the batch will be replayed", exc)
 

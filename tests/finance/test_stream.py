@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from apps.finance.model import FastScorer
 from apps.finance.pipeline import dumps
 from apps.finance.service import ScorerConfig, run_scorer
 from apps.finance.stream import (
@@ -64,9 +65,14 @@ def test_stream_scores_everything_and_routes_poison_to_dlq(broker, fin_model, cl
     assert len(reasons) == 4
     assert any("not valid JSON" in r for r in reasons) and any("missing field 'device'" in r for r in reasons)
     assert any("'amount'" in r for r in reasons) and any("'counterparty' has length 200000" in r for r in reasons)
-    alerts = read_topic(broker.bootstrap, TOPIC_ALERTS, until=sum(o["alert"] for o in out), timeout_s=10)
-    assert {m.key().decode() for m in alerts} == {o["tx_id"] for o in out if o["alert"]}
-    assert all("tx" in json.loads(m.value()) for m in alerts), "alerts carry the transaction for the adjudicator"
+    # fraud.alerts holds every flag for the adjudicator (score >= the review threshold, below the alert
+    # threshold too), each with the transaction and the fast tier's own verdict
+    review = FastScorer.load(fin_model).review_at
+    flagged = {o["tx_id"] for o in out if o["score"] >= round(review, 5) + 1e-5}
+    flags = [json.loads(m.value()) for m in read_topic(broker.bootstrap, TOPIC_ALERTS, until=len(flagged), timeout_s=10)]
+    assert {f["tx_id"] for f in flags} >= flagged and {f["tx_id"] for f in flags if f["alert"]} == {
+        o["tx_id"] for o in out if o["alert"]}
+    assert all(f["tx"]["tx_id"] == f["tx_id"] and f["score"] >= review - 1e-5 for f in flags)
 
 
 def _collect_output(proc) -> list[str]:

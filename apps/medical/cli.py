@@ -41,11 +41,21 @@ def cmd_train(args, settings) -> int:
     cfg = TrainConfig(data_dir=Path(args.data), out=out, iterations=args.iterations, seed=args.seed,
                       learning_rate=args.lr, samples_per_case=args.samples,
                       max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every,
+                      attached_weight=args.attached_weight, init_from=Path(args.init) if args.init else None,
                       model=ModelConfig(spacing_mm=args.spacing, patch=args.patch,
                                         channels=tuple(int(c) for c in args.channels.split(",")),
                                         strides=(2,) * (len(args.channels.split(",")) - 1)))
     summary = train(cfg)
     print(json.dumps({"model": str(out), **summary}))
+    return 0
+
+
+def cmd_train_fpr(args, settings) -> int:
+    from .fpr import FprTrainConfig, train_classifier
+
+    cfg = FprTrainConfig(data_dir=Path(args.data), model_path=_model_path(args, settings), iterations=args.iterations,
+                         seed=args.seed, max_seconds=args.max_seconds)
+    print(json.dumps({"model": str(cfg.model_path), "classifier": train_classifier(cfg)}))
     return 0
 
 
@@ -73,8 +83,15 @@ def cmd_eval(args, settings) -> int:
     from .evaluation import EvalConfig, evaluate
 
     cfg = EvalConfig(model_path=_model_path(args, settings), data_dir=Path(args.data) if args.data else None,
-                     cases=args.cases, seed=args.seed, out=Path(args.out) if args.out else None)
-    print(json.dumps(evaluate(cfg), indent=1))
+                     cases=args.cases, seed=args.seed, out=Path(args.out) if args.out else None,
+                     operating_threshold=args.threshold)
+    summary = evaluate(cfg)
+    if args.set_operating_point:
+        from .evaluation import store_operating_point
+
+        chosen_on = f"{args.data}" if args.data else f"{args.cases} synthetic cases, seed {args.seed}"
+        summary["operating_point_stored"] = store_operating_point(cfg.model_path, summary, chosen_on, summary["second_stage"])
+    print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -109,14 +126,25 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="folder written by `dsv medical synth`")
     p.add_argument("--model", default=None, help="checkpoint to write (default DSV_HOME/medical/model/model.pt)")
     p.add_argument("--iterations", type=int, default=300, help="optimizer steps (one case, several patches each)")
-    p.add_argument("--samples", type=int, default=4, help="patches per case per step")
-    p.add_argument("--patch", type=int, default=48, help="cubic patch edge in voxels (multiple of 8)")
-    p.add_argument("--spacing", type=float, default=1.0, help="isotropic analysis spacing in mm")
-    p.add_argument("--channels", default="16,32,64,128", help="UNet channels per level (comma-separated)")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop early (and save) after this long")
+    p.add_argument("--samples", type=int, default=2, help="patches per case per step")
+    p.add_argument("--patch", type=int, default=48, help="cubic patch edge in voxels (a multiple of 2^(levels-1))")
+    p.add_argument("--spacing", type=float, default=0.7, help="isotropic analysis spacing in mm")
+    p.add_argument("--channels", default="16,32,64,128,256", help="UNet channels per level (comma-separated)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="training budget: the learning rate decays over it (or --iterations, whichever ends first); then save")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also save every N iterations, so a long run stopped early is usable (0 = end only)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
+    p.add_argument("--attached-weight", type=float, default=1.0,
+                   help="centre patches on nodules touching a vessel this many times more often than on free ones")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same network): a second phase")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add_command(group, "train-fpr", cmd_train_fpr, "Train the second-stage candidate classifier (false-positive reduction) into a trained checkpoint")
+    p.add_argument("--data", required=True, help="synthetic cases NOT used to train the segmentation network (another seed)")
+    p.add_argument("--model", default=None, help="segmentation checkpoint to extend (default DSV_HOME/medical/model/model.pt)")
+    p.add_argument("--iterations", type=int, default=2000, help="classifier steps (balanced batches of 16 patches)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop early (and save) after this long")
     p.add_argument("--seed", type=int, default=0)
 
     p = add_command(group, "segment", cmd_segment, "Find CT series in a DICOM folder (any depth) and write findings.json, DICOM-SEG and a verified report per series")
@@ -132,6 +160,11 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, help="existing synthetic cases; default: generate --cases with --seed")
     p.add_argument("--cases", type=int, default=6)
     p.add_argument("--seed", type=int, default=1000, help="held-out seed (training used a different one)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="operating score threshold (pick it on a validation seed, not on the held-out one)")
+    p.add_argument("--set-operating-point", action="store_true",
+                   help="these are VALIDATION cases: store their loosest <= 1 FP/scan threshold in the checkpoint "
+                        "(the pipeline reports findings from it up)")
     p.add_argument("--out", default=None, help="write the metrics JSON here as well")
 
     p = add_command(group, "finetune-data", cmd_finetune_data, "Write chat records (synthetic findings -> report) for `dsv finetune --config apps/medical/finetune.yaml`")

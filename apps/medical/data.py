@@ -69,6 +69,37 @@ def _paint_tubes(hu: np.ndarray, p: np.ndarray, region: np.ndarray, tubes, value
     hu[region] = region_hu
 
 
+def _ellipsoid_radius2(p: np.ndarray, center_mm, axes_mm) -> np.ndarray:
+    """Squared normalised radius of positions ``p`` (..., 3) in a patient-axis-aligned ellipsoid (<= 1 inside):
+    the one definition of a nodule's extent, shared by the phantom and :func:`nodule_mask`."""
+    return (((p - np.asarray(center_mm)) / np.asarray(axes_mm)) ** 2).sum(-1)
+
+
+def nodule_mask(nodules: list[dict], affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The phantom's nodules (``truth/nodules.json`` records) rasterised exactly on any voxel grid.
+
+    ``truth/mask.npy`` samples the same ellipsoids at the *native* voxel centres; resampling it to the
+    analysis grid with nearest neighbour moves boundaries by up to half a native slice (1.25 mm at
+    2.5 mm slices), which alone caps a perfect segmentation's Dice near 0.85 for 5-8 mm nodules. Here
+    every voxel centre of the target grid is tested against the ellipsoids themselves.
+    """
+    mask = np.zeros(shape, dtype=np.uint8)
+    inv = np.linalg.inv(affine)
+    for n in nodules:
+        c, ax = np.asarray(n["center_mm"], dtype=float), np.asarray(n["axes_mm"], dtype=float)
+        corners = np.array([c + ax * [sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        vox = (np.c_[corners, np.ones(8)] @ inv.T)[:, :3]
+        lo = np.clip(np.floor(vox.min(0)).astype(int) - 1, 0, shape)
+        hi = np.clip(np.ceil(vox.max(0)).astype(int) + 2, 0, shape)
+        if np.any(hi <= lo):
+            continue  # outside this grid
+        idx = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1)
+        p = idx @ affine[:3, :3].T + affine[:3, 3]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        mask[box] |= (_ellipsoid_radius2(p, c, ax) <= 1.0).astype(np.uint8)
+    return mask
+
+
 def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ab = b - a
     t = np.clip(((p - a) @ ab) / float(ab @ ab), 0.0, 1.0)
@@ -129,8 +160,7 @@ class Phantom:
         _paint_tubes(hu, p, central, self.airways, HU_AIR)
         label = np.zeros(p.shape[:-1], dtype=np.uint8)
         for n in self.nodules:
-            q = ((p - np.asarray(n.center_mm)) / np.asarray(n.axes_mm)) ** 2
-            q = q.sum(-1)
+            q = _ellipsoid_radius2(p, n.center_mm, n.axes_mm)
             inside = q <= 1.0
             label[inside] = 1
             if n.kind == "solid":

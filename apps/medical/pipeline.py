@@ -14,6 +14,7 @@ with its reason; the others are still processed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -42,14 +43,50 @@ class PipelineConfig:
     write_preview: bool = True
 
 
+class NoduleDetector:
+    """The trained models applied to one volume: first-stage probability map, components measured into
+    findings, and the second-stage classifier's scores when the checkpoint carries one."""
+
+    def __init__(self, model_path: Path, use_classifier: bool = True):
+        from .fpr import load_classifier
+        from .model import checkpoint_entry, load_checkpoint
+
+        self.net, self.model_cfg = load_checkpoint(model_path)
+        self.classifier = load_classifier(model_path) if use_classifier else None
+        point = checkpoint_entry(model_path, "operating_point") if use_classifier else None
+        self.operating_threshold: float | None = point["threshold"] if point else None
+
+    def canonical(self, hu_native: np.ndarray, native_affine: np.ndarray):
+        """HU on the analysis grid (LPS, isotropic) and the network's scaled input."""
+        from .transforms import canonical_transforms, scale_transform, to_metatensor
+
+        hu_c = canonical_transforms(("image",), self.model_cfg.spacing_mm)({"image": to_metatensor(hu_native, native_affine)})["image"]
+        return hu_c, scale_transform()({"image": hu_c.clone()})["image"]
+
+    def probability(self, scaled) -> np.ndarray:
+        from .model import predict_probability
+
+        return predict_probability(self.net, scaled, self.model_cfg)
+
+    def findings(self, prob: np.ndarray, hu_c, scaled, native_affine: np.ndarray, native_shape: tuple[int, int, int],
+                 image_numbers: list[int], cfg: PostprocessConfig):
+        affine_c = np.asarray(hu_c.affine, dtype=float)
+        if cfg.min_score is None and self.operating_threshold is not None:
+            cfg = dataclasses.replace(cfg, min_score=self.operating_threshold)
+        rescore = None
+        if self.classifier is not None:
+            rescore = lambda found: self.classifier.rescore(found, scaled, prob, affine_c)  # noqa: E731
+        return extract_findings(prob, hu_c.numpy()[0], affine_c, native_affine, native_shape, image_numbers, cfg,
+                                rescore=rescore)
+
+
 class NodulePipeline:
     def __init__(self, cfg: PipelineConfig, pseudonymise: Pseudonymiser, generate_report=None):
-        from .model import load_checkpoint
-
         self.cfg = cfg
         self.pseudonymise = pseudonymise
         self.generate_report = generate_report or _unavailable
-        self.net, self.model_cfg = load_checkpoint(cfg.model_path)
+        self.detector = NoduleDetector(cfg.model_path)
+        self.model_cfg = self.detector.model_cfg
 
     def run_folder(self, folder: Path, skip_series: set[str] | None = None) -> dict:
         folder = Path(folder)
@@ -77,28 +114,24 @@ class NodulePipeline:
         return summary
 
     def process_series(self, series: CTSeries, key: str, redact: Redactor) -> dict | SeriesProblem:
-        from .model import predict_probability
         from .seg_output import native_label_map, write_segmentation
-        from .transforms import canonical_transforms, scale_transform, to_metatensor
 
         timings = {}
         t0 = time.perf_counter()
         hu, problem = load_volume(series, key)
         if problem:
             return problem
-        canonical = canonical_transforms(("image",), self.model_cfg.spacing_mm)({"image": to_metatensor(hu, series.affine)})
-        hu_c = canonical["image"]
+        hu_c, scaled = self.detector.canonical(hu, series.affine)
         affine_c = np.asarray(hu_c.affine, dtype=float)
-        scaled = scale_transform()({"image": hu_c.clone()})["image"]
         timings["load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        prob = predict_probability(self.net, scaled, self.model_cfg)
+        prob = self.detector.probability(scaled)
         timings["inference_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         image_numbers = [int(h.get("InstanceNumber", i + 1) or i + 1) for i, h in enumerate(series.headers)]
         hu_np = hu_c.numpy()[0]
-        findings, labels_c = extract_findings(prob, hu_np, affine_c, series.affine, series.shape, image_numbers,
-                                              self.cfg.postprocess)
+        findings, labels_c = self.detector.findings(prob, hu_c, scaled, series.affine, series.shape, image_numbers,
+                                                    self.cfg.postprocess)
         nodules = [f.as_dict() for f in findings]
         timings["postprocess_s"] = time.perf_counter() - t0
         first = series.headers[0]

@@ -62,8 +62,9 @@ def ensure_model(cfg: ServiceConfig) -> None:
         generate_cases(data, cfg.train_cases, seed=7)
     cfg.model_path.parent.mkdir(parents=True, exist_ok=True)
     # A light network so that a fresh machine is ready in minutes; `dsv medical train` makes better ones.
+    light = ModelConfig(spacing_mm=1.0, patch=32, channels=(8, 16, 32, 64), strides=(2, 2, 2))
     train(TrainConfig(data_dir=data, out=cfg.model_path, iterations=cfg.train_iterations,
-                      max_seconds=cfg.train_max_seconds, model=ModelConfig(patch=32, channels=(8, 16, 32, 64))))
+                      max_seconds=cfg.train_max_seconds, samples_per_case=4, model=light))
 
 
 def ensure_demo_study(cfg: ServiceConfig) -> None:

@@ -29,5 +29,5 @@ def tiny_medical_model(tmp_path_factory, synth_cases):
     data, _ = synth_cases
     path = tmp_path_factory.mktemp("med_model") / "model.pt"
     summary = train(TrainConfig(data_dir=data, out=path, iterations=3, samples_per_case=2, log_every=1,
-                                model=ModelConfig(patch=32, channels=(8, 16, 32), strides=(2, 2))))
+                                model=ModelConfig(spacing_mm=1.0, patch=32, channels=(8, 16, 32), strides=(2, 2))))
     return path, summary

@@ -39,7 +39,7 @@ def test_train_command_under_torchrun_ddp(synth_cases, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "core.cli", "medical", "train", "--data", str(data), "--model", str(out),
-           "--iterations", "2", "--samples", "1", "--patch", "32", "--channels", "8,16,32"]
+           "--iterations", "2", "--samples", "1", "--patch", "32", "--channels", "8,16,32", "--spacing", "1.0"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads(out.with_suffix(".json").read_text())
@@ -68,14 +68,16 @@ def test_froc_cpm_and_size_bins_from_known_detections():
 
 
 def test_evaluate_case_runs_on_a_synthetic_case(tiny_medical_model, synth_cases):
-    from apps.medical.model import load_checkpoint
+    from apps.medical.pipeline import NoduleDetector
 
-    net, cfg = load_checkpoint(tiny_medical_model[0])
     data, records = synth_cases
-    result = evaluate_case(net, cfg, data / records[1]["case_id"], EvalConfig(model_path=tiny_medical_model[0]))
+    result = evaluate_case(NoduleDetector(tiny_medical_model[0]), data / records[1]["case_id"],
+                           EvalConfig(model_path=tiny_medical_model[0]))
     assert len(result["nodules"]) == len(records[1]["nodules"])
     for n in result["nodules"]:
         assert 0.0 <= n["score"] <= 1.0 and (n["dice"] is None or 0.0 <= n["dice"] <= 1.0)
+        # the nearest-resampled native mask is close to, but not the same as, the phantom's ellipsoid
+        assert 0.3 < n["resampled_mask_dice"] <= 1.0
 
 
 @pytest.fixture(scope="module")
@@ -131,24 +133,86 @@ def _tube_and_spheres(shape=(48, 48, 48)):
     return big, small, tube
 
 
-def test_patch_weights_balance_nodules_and_single_out_vessels():
+def test_patch_centres_balance_nodules_and_single_out_vessels():
     import torch
 
-    from apps.medical.transforms import NoduleBalancedWeightd, scale_transform
+    from apps.medical.transforms import NoduleBalancedSamplingd, RandNoduleBalancedCropd, scale_transform
 
     big, small, tube = _tube_and_spheres()
     hu = np.full(big.shape, -850.0, dtype=np.float32)
     hu[big | small | tube] = 40.0
     data = scale_transform()({"image": torch.as_tensor(hu)[None], "label": torch.as_tensor((big | small).astype(np.float32))[None]})
-    w = NoduleBalancedWeightd(positive_mass=0.5, hard_negative_mass=0.3)(data)["weight"][0].numpy()
-    assert w.sum() == pytest.approx(1.0, abs=1e-4)
-    # each nodule gets the same share although the big one has ~40x the voxels
-    assert w[big].sum() == pytest.approx(0.25, abs=0.01) and w[small].sum() == pytest.approx(0.25, abs=0.01)
-    assert w[tube].sum() == pytest.approx(0.3, abs=0.03)  # the vessel is a hard negative
-    background = ~(big | small | tube)
-    assert w[background].max() < w[tube].min()
-    with pytest.raises(ValueError, match="must be < 1"):
-        NoduleBalancedWeightd(positive_mass=0.7, hard_negative_mass=0.3)
+    data = NoduleBalancedSamplingd(spacing_mm=1.0)(data)
+    assert sorted(data["nodule_sizes"].tolist()) == sorted([int(big.sum()), int(small.sum())])
+    crop = RandNoduleBalancedCropd(("image", "label"), patch=16, num_samples=4000, positive_mass=0.5, hard_negative_mass=0.3)
+    crop.set_random_state(seed=0)
+    crop.randomize(data)
+    centres = np.array(crop.centres)
+    share = {name: float(mask[tuple(centres.T)].mean()) for name, mask in (("big", big), ("small", small), ("tube", tube))}
+    # each nodule is centred as often as the other although the big one has ~40x the voxels
+    assert share["big"] == pytest.approx(0.25, abs=0.03) and share["small"] == pytest.approx(0.25, abs=0.03)
+    assert share["tube"] == pytest.approx(0.3, abs=0.03)  # the vessel is a hard negative
+    patches = crop(data)
+    assert len(patches) == 4000 and all(p["image"].shape == (1, 16, 16, 16) for p in patches[:50])
+    assert "hard_voxels" not in patches[0]  # sampling lists do not reach the collate
+    with pytest.raises(ValueError, match="must be <= 1"):
+        RandNoduleBalancedCropd(("image",), 16, 1, positive_mass=0.8, hard_negative_mass=0.3)
+
+
+def test_nodules_touching_a_vessel_are_marked_and_can_be_favoured():
+    import torch
+
+    from apps.medical.transforms import NoduleBalancedSamplingd, RandNoduleBalancedCropd, scale_transform
+
+    big, small, tube = _tube_and_spheres()
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in big.shape], indexing="ij"), -1).astype(float)
+    touching = np.linalg.norm(grid - [34, 16, 24], axis=-1) <= 2.5  # beside the tube at x=34, y=12 (radius 1.5)
+    hu = np.full(big.shape, -850.0, dtype=np.float32)
+    hu[big | touching | tube] = 40.0
+    label = (big | touching).astype(np.float32)
+    data = NoduleBalancedSamplingd(spacing_mm=1.0)(
+        scale_transform()({"image": torch.as_tensor(hu)[None], "label": torch.as_tensor(label)[None]}))
+    by_size = dict(zip(data["nodule_sizes"].tolist(), data["nodule_attached"].tolist()))
+    assert by_size == {int(big.sum()): False, int(touching.sum()): True}
+    crop = RandNoduleBalancedCropd(("image", "label"), patch=16, num_samples=3000, positive_mass=1.0,
+                                   hard_negative_mass=0.0, attached_weight=3.0)
+    crop.set_random_state(seed=1)
+    crop.randomize(data)
+    on_touching = float(touching[tuple(np.array(crop.centres).T)].mean())
+    assert on_touching == pytest.approx(0.75, abs=0.03)  # 3 : 1
+
+
+def test_training_cache_covers_everything_before_the_random_crop():
+    """CacheDataset caches up to the first Randomizable or non-Transform: a nested Compose or a plain
+    callable there would re-load and resample every case at every step."""
+    from monai.transforms import Transform
+    from monai.transforms.traits import RandomizableTrait
+
+    from apps.medical.transforms import LoadSyntheticCased, RandNoduleBalancedCropd, training_transforms
+
+    t = training_transforms(0.7, 32, 2, load=(LoadSyntheticCased(),))
+    first = t.get_index_of_first(lambda x: isinstance(x, RandomizableTrait) or not isinstance(x, Transform))
+    assert isinstance(t.transforms[first], RandNoduleBalancedCropd)
+    assert isinstance(t.transforms[0], LoadSyntheticCased)
+
+
+def test_phantom_labels_match_the_written_mask_and_the_analysis_grid(synth_cases):
+    from apps.medical.data import nodule_mask
+    from apps.medical.model import load_case
+    from apps.medical.transforms import LoadSyntheticCased, canonical_transforms, training_transforms
+
+    data, records = synth_cases
+    case = data / records[0]["case_id"]
+    truth = json.loads((case / "truth" / "nodules.json").read_text())
+    written = np.load(case / "truth" / "mask.npy")
+    assert written.any()
+    assert np.array_equal(nodule_mask(truth["nodules"], np.asarray(truth["affine"]), written.shape), written)
+    t = training_transforms(1.0, 32, 1, load=(LoadSyntheticCased(),))
+    cached = t({"case_dir": str(case)}, end=t.transforms.index(next(x for x in t.transforms if type(x).__name__ == "RandNoduleBalancedCropd")))
+    resampled = canonical_transforms(("image", "label"), 1.0, ("bilinear", "nearest"))(load_case(case))["label"].numpy()[0] > 0.5
+    exact = cached["label"].numpy()[0].astype(bool)
+    assert exact.shape == resampled.shape and cached["image"].dtype == __import__("torch").float16
+    assert 2 * (exact & resampled).sum() / (exact.sum() + resampled.sum()) > 0.7  # same nodules, same place
 
 
 def test_elongated_components_score_below_round_ones():
@@ -166,3 +230,55 @@ def test_elongated_components_score_below_round_ones():
     # the default operating point drops the vessel from what is reported
     reported, _ = extract_findings(prob, hu, affine, affine, big.shape, list(range(1, 49)))
     assert [f.elongation for f in reported] == [sphere.elongation]
+
+
+def test_candidate_patches_are_centred_and_zero_outside():
+    from apps.medical.fpr import candidate_patches
+
+    scaled = np.arange(10 * 12 * 14, dtype=np.float32).reshape(10, 12, 14)
+    prob = scaled / scaled.max()
+    patches = candidate_patches(scaled, prob, np.array([[5, 6, 7], [0, 0, 0]]), patch=8)
+    assert patches.shape == (2, 2, 8, 8, 8)
+    assert patches[0, 0, 4, 4, 4] == scaled[5, 6, 7] and patches[0, 1, 4, 4, 4] == prob[5, 6, 7]
+    assert patches[1, 0, 4, 4, 4] == scaled[0, 0, 0] and (patches[1, :, :4] == 0).all()  # outside the volume
+
+
+def test_second_stage_trains_into_the_checkpoint_and_rescores(tiny_medical_model, synth_cases, tmp_path):
+    from apps.medical.fpr import FprTrainConfig, load_classifier, train_classifier
+    from apps.medical.pipeline import NoduleDetector
+
+    data, records = synth_cases
+    model = tmp_path / "model.pt"
+    shutil.copy(tiny_medical_model[0], model)
+    shutil.copy(tiny_medical_model[0].with_suffix(".json"), model.with_suffix(".json"))
+    assert load_classifier(model) is None
+    summary = train_classifier(FprTrainConfig(data_dir=data, model_path=model, iterations=3, batch=4))
+    assert summary["iterations"] == 3 and summary["positives"] >= len(records[0]["nodules"]) and summary["negatives"] > 0
+    assert json.loads(model.with_suffix(".json").read_text())["classifier_summary"]["iterations"] == 3
+    detector = NoduleDetector(model)
+    assert detector.classifier is not None
+    result = evaluate_case(detector, data / records[0]["case_id"], EvalConfig(model_path=model))
+    assert all(0.0 <= n["score"] <= 1.0 for n in result["nodules"])
+    from apps.medical.model import load_case
+    from apps.medical.postprocess import PostprocessConfig
+
+    item = load_case(data / records[0]["case_id"], native_label=False)
+    hu_c, scaled = detector.canonical(item["image"][0].numpy(), np.asarray(item["image"].affine))
+    prob = np.zeros(hu_c.shape[1:], dtype=np.float32)
+    prob[10:16, 10:16, 5:11] = 0.9  # one candidate wherever the tiny first stage would put none
+    found, _ = detector.findings(prob, hu_c, scaled, np.asarray(item["image"].affine), tuple(item["image"].shape[1:]),
+                                 list(range(1, item["image"].shape[3] + 1)), PostprocessConfig(min_score=0.0))
+    assert len(found) == 1 and found[0].probability == 0.9
+    assert found[0].classifier_probability is not None and found[0].score == found[0].classifier_probability
+    assert NoduleDetector(model, use_classifier=False).classifier is None
+    # The operating point chosen on validation cases becomes the pipeline's reporting threshold.
+    from apps.medical.evaluation import store_operating_point
+
+    score = found[0].score
+    for threshold, reported in ((score + 1e-6, 0), (score - 1e-6, 1)):
+        point = store_operating_point(model, {"threshold_at_1fp_per_scan": threshold, "cases": 2}, "test", True, floor=0.0)
+        assert point["threshold"] == threshold
+        again, _ = NoduleDetector(model).findings(prob, hu_c, scaled, np.asarray(item["image"].affine),
+                                                  tuple(item["image"].shape[1:]), list(range(1, item["image"].shape[3] + 1)),
+                                                  PostprocessConfig())
+        assert len(again) == reported

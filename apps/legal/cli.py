@@ -141,7 +141,7 @@ def cmd_service(args, settings) -> int:
 
 
 def cmd_export_training(args, settings) -> int:
-    from apps.legal.review import export_training_data
+    from apps.legal.training import export_training_data
 
     cfg = _config(args, settings)
     _require_kb(cfg)
@@ -204,7 +204,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="question sampling seed (use another for val)")
     p.add_argument("--model", default=None,
                    help="base model whose context window the prompts must fit (default DSV_HOME/models/deepseek-tiny)")
-    p.add_argument("--no-fit", action="store_true", help="full evidence (4 x 1,200 chars) whatever the model")
+    p.add_argument("--no-fit", action="store_true", help="the largest evidence budget, not fitted to a model's window")
     p.add_argument("--kb", default=None, help="knowledge-base directory (default DSV_HOME/legal/kb)")
     p = add_command(group, "service", cmd_service,
                     "Generate + ingest a demo corpus if missing, then serve search/ask over HTTP until Ctrl-C.")

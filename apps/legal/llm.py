@@ -3,35 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from apps.legal.answer import (
-    VerifiedAnswer,
-    build_messages,
-    extractive_answer,
-    unsupported_quotes,
-    verify_citations,
-)
+from apps.legal.answer import VerifiedAnswer, extractive_answer, unsupported_quotes, verify_citations
+from apps.legal.prompt import BUDGETS, build_messages
 
 log = logging.getLogger(__name__)
 
-# Evidence budgets, largest first: (passages - None = all retrieved, characters per passage). A served model with a small
-# context window (the tiny development model: 1024 tokens) refuses the larger prompts, and the answerer
-# steps down; training records for the adapter use the first budget that fits the same window
-# (``prompt_budget``), so the adapter learns on prompts shaped like the ones it is served.
-PROMPT_BUDGETS: tuple[tuple[int | None, int], ...] = ((None, 1200), (3, 400), (2, 150))
-ANSWER_TOKENS = 256
-
-
-def prompt_budget(question: str, hits: list, tokenizer, context_length: int,
-                  answer_tokens: int = ANSWER_TOKENS) -> tuple[list[dict], int] | None:
-    """(messages, passages used) of the first budget whose prompt leaves ``answer_tokens`` in the window,
-    counted with the served chat template; None if even the smallest does not fit."""
-    for n_passages, chars in PROMPT_BUDGETS:
-        used = hits[:n_passages]
-        messages, _ = build_messages(question, used, chars)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if len(tokenizer(text, add_special_tokens=False).input_ids) + answer_tokens <= context_length:
-            return messages, len(used)
-    return None
+ANSWER_TOKENS = 256  # room left for the answer when a prompt is fitted to a context window
 
 
 class LegalAnswerer:
@@ -54,17 +31,15 @@ class LegalAnswerer:
     def answer(self, question: str, hits: list) -> VerifiedAnswer:
         if not hits:
             return extractive_answer(question, hits, "no accessible passage retrieved")
-        messages, neutralised = build_messages(question, hits)
-        self.last_messages = messages
+        self.last_messages, _ = build_messages(question, hits, BUDGETS[0])
         if self.client is None:
             return extractive_answer(question, hits, self.offline_reason)
         from core.client import ModelRequestError, ModelUnavailable
 
-        # Shrink the evidence until the prompt fits the served model's context window (the tiny
-        # development model has 1024 tokens; a production model far more).
-        budgets = [(len(hits[:n]), chars) for n, chars in PROMPT_BUDGETS]
-        for attempt, (n_passages, chars) in enumerate(budgets):
-            messages, neutralised = build_messages(question, hits[:n_passages], chars)
+        # The prompt export-training fitted to the base model's window is the first budget that fits; a
+        # served model with a smaller window refuses it, and the evidence shrinks the same way.
+        for attempt, budget in enumerate(BUDGETS):
+            messages, evidence = build_messages(question, hits, budget)
             self.last_messages = messages
             try:
                 text = self.client.chat(self.model, messages, max_tokens=self.max_tokens, temperature=0.0, seed=0)
@@ -73,14 +48,16 @@ class LegalAnswerer:
                 log.warning("model server unavailable (%s): extractive fallback", exc)
                 return extractive_answer(question, hits, "model server unavailable")
             except ModelRequestError as exc:
-                if "context length" in str(exc) and attempt + 1 < len(budgets):
+                if "context length" in str(exc) and attempt + 1 < len(BUDGETS):
                     continue
                 log.warning("model server refused the request (%s): extractive fallback", exc)
                 return extractive_answer(question, hits, f"model server refused the request: {exc}")
-        hits = hits[:n_passages]
+        hits = hits[:len(evidence)]
         result = verify_citations(text, hits)
-        for n in neutralised:
-            result.flagged.append({"citation": f"[{n}]", "reason": "instruction-like text in this passage was neutralised"})
+        for e in evidence:
+            if e.neutralised:
+                result.flagged.append({"citation": f"[{e.number}]",
+                                       "reason": "instruction-like text in this passage was neutralised"})
         reason = None
         if not any(c["marker"].startswith("[") for c in result.citations):
             reason = "model answer had no verifiable passage citation"

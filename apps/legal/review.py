@@ -1,5 +1,5 @@
 """Contract review: split clauses, flag risky ones with the statute articles and precedents behind the
-flag, suggest revised wording; plus the labelled clause set used to measure it, and chat training data.
+flag, suggest revised wording; plus the labelled clause set used to measure it.
 
 Two signals decide "risky":
 - a checklist of rules (regexes over known risky wordings, zh + en), each tied to REAL statute articles;
@@ -262,61 +262,3 @@ def evaluate_review(seed: int = 7) -> dict:
             out[split][name] = {"accuracy_risky_vs_safe": round(ok_binary / len(test), 4),
                                 "accuracy_category": round(ok_cat / len(test), 4)}
     return out
-
-
-def export_training_data(cfg, out, n: int = 500, seed: int = 0, model_dir=None) -> int:
-    """Chat records for `dsv finetune`: system + (question, delimited passages) -> cited answer.
-
-    Targets are extractive answers built from the passage that cites the gold statute, so the adapter
-    learns the format: quote, cite [n], name the article. With ``model_dir`` (the base model the adapter
-    is trained on), each prompt uses the evidence budget the answerer would send that model
-    (``llm.prompt_budget``: the first that leaves room for the answer in its context window), so no record
-    is cut to nothing by ``data.max_length`` and training prompts look like served ones."""
-    import json as _json
-
-    import numpy as np
-
-    from apps.legal.answer import build_messages
-    from apps.legal.generate import make_questions
-    from apps.legal.llm import prompt_budget
-    from apps.legal.pipeline import RetrievalMode, Retriever
-    from apps.legal.store import Store
-    from shared.io import write_jsonl_atomic
-
-    store = Store(cfg.sqlite_path)
-    n_docs = store.n_docs()  # docs is a rowid table filled in order: rowids 1..n_docs
-    picks = np.random.default_rng(seed).choice(n_docs, min(n_docs, n * 2), replace=False) + 1
-    rows = store.conn.execute(f"SELECT id, statutes FROM docs WHERE rowid IN ({','.join(map(str, picks))})").fetchall()
-    records = [{"id": r[0], "statutes": _json.loads(r[1])} for r in rows]
-    questions = make_questions(records, n, seed=seed)
-    retriever = Retriever(cfg, RetrievalMode(True, True, False), top_k=4)
-
-    tokenizer = context = None
-    if model_dir is not None:
-        from transformers import AutoConfig, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        context = AutoConfig.from_pretrained(str(model_dir)).max_position_embeddings
-
-    def gen():
-        for q in questions:
-            hits = retriever.search(q["question"], k=4)
-            if tokenizer is not None:
-                fitted = prompt_budget(q["question"], hits, tokenizer, context)
-                if fitted is None:
-                    continue
-                messages, used = fitted
-                hits = hits[:used]
-            else:
-                messages, _ = build_messages(q["question"], hits)
-            good = [i for i, h in enumerate(hits, 1) if q["gold_statute"] in h.statutes]
-            if not good:
-                continue
-            st = lookup(q["gold_statute"])
-            if q["language"] == "zh":
-                answer = f"依据{st.key}：“{st.text[:80]}”[{good[0]}]。"
-            else:
-                answer = f"{st.key} applies: \"{' '.join(st.text.split()[:30])}\" [{good[0]}]."
-            yield {"messages": messages + [{"role": "assistant", "content": answer}]}
-
-    return write_jsonl_atomic(out, gen())

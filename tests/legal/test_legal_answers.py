@@ -3,18 +3,11 @@ from __future__ import annotations
 
 import json
 
-from apps.legal.answer import (
-    NEUTRALISED,
-    SYSTEM_PROMPT,
-    build_messages,
-    extractive_answer,
-    neutralise,
-    unsupported_quotes,
-    verify_citations,
-)
+from apps.legal.answer import NEUTRALISED, extractive_answer, neutralise, unsupported_quotes, verify_citations
 from apps.legal.components import Hit
 from apps.legal.llm import LegalAnswerer
 from apps.legal.pipeline import RetrievalMode, Retriever
+from apps.legal.prompt import BUDGETS, SYSTEM_PROMPT, build_messages
 
 
 def _hits():
@@ -58,13 +51,14 @@ def test_planted_injection_never_reaches_the_prompt_as_instructions(legal_kb):
     cfg, _, _ = legal_kb
     hits = Retriever(cfg, RetrievalMode(rerank=False), top_k=5).search("retention logs unlawful period", k=5)
     assert hits[0].doc_id == "planted-injection" and "Ignore previous instructions" in hits[0].text
-    messages, flagged = build_messages("How long may retention logs be kept?", hits)
+    messages, evidence = build_messages("How long may retention logs be kept?", hits)
     assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}  # fixed, not built from documents
     user = messages[1]["content"]
     assert "Ignore previous instructions" not in user and "you are now" not in user and "PWNED" not in user
-    assert NEUTRALISED in user and flagged == [1]
-    # The document cannot close its block or open a fake one: exactly one block per retrieved passage.
-    assert user.count("<passage ") == len(hits) and user.count("</passage>") == len(hits)
+    assert NEUTRALISED in user and [e.number for e in evidence if e.neutralised] == [1]
+    # The document cannot close its block or open a fake one: exactly one block per passage shown.
+    shown = min(len(hits), BUDGETS[0].passages)
+    assert len(evidence) == shown and user.count("<passage ") == shown and user.count("</passage>") == shown
     # Legitimate content of the same document still reaches the model.
     assert "retention period for retention logs was unlawful" in user
     # Without a server: labelled extractive answer, every citation verified, nothing of the payload.
@@ -117,3 +111,24 @@ def test_fallback_when_server_is_down(legal_kb):
 def test_extractive_answer_without_hits():
     r = extractive_answer("anything?", [], "no accessible passage retrieved")
     assert r.citations == [] and "No passage" in r.answer
+
+
+def test_evidence_windows_are_exact_substrings_and_the_training_target_verifies():
+    from apps.legal.prompt import focus_window, grounded_answer, select_evidence
+
+    filler = "The parties dispute the invoice. " * 12
+    text = (filler + "Under GDPR Article 33 the controller shall notify the personal data breach to the "
+            "supervisory authority within 72 hours. " + filler)
+    question = "Within what time must the controller notify the personal data breach to the supervisory authority?"
+    window = focus_window(text, question, 60)
+    assert window in text and "notify" in window and len(window) < len(text)
+    hits = [Hit(0, 0.9, doc_id="d0", text="Damages were awarded.", statutes=("GDPR Article 5",)),
+            Hit(1, 0.8, doc_id="d1", text=text, statutes=("GDPR Article 33",))]
+    evidence = select_evidence(question, hits, BUDGETS[0])
+    assert [e.number for e in evidence] == [1, 2] and evidence[1].article == "GDPR Article 33"
+    answer = grounded_answer(question, evidence, "GDPR Article 33", "en")
+    assert answer is not None and answer.endswith("[2].")
+    verified = verify_citations(answer, [Hit(e.number, 1.0, doc_id=f"d{e.number}", text=e.window) for e in evidence])
+    assert verified.answer == answer and unsupported_quotes(verified) == []
+    # No window labelled with the gold article: nothing to learn from this question.
+    assert grounded_answer(question, evidence[:1], "GDPR Article 33", "en") is None

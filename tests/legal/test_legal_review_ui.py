@@ -54,7 +54,7 @@ def test_review_accuracy_is_measured_with_and_without_retrieval():
 
 
 def test_export_training_data_is_valid_chat_jsonl(legal_kb, tmp_path):
-    from apps.legal.review import export_training_data
+    from apps.legal.training import export_training_data
     from core.finetune.data import load_chat_jsonl
 
     cfg, _, _ = legal_kb
@@ -68,37 +68,39 @@ def test_export_training_data_is_valid_chat_jsonl(legal_kb, tmp_path):
     assert "[" in first["messages"][2]["content"]
 
 
-def test_exported_prompts_fit_the_base_models_window_as_served(legal_kb, tmp_path, tiny_model_dir):
-    """Records fitted to the base model use the answerer's own evidence budgets, leave room for the
-    answer in the context window, and cite a passage that is in the prompt."""
+def test_exported_prompts_fit_the_base_models_window_and_their_answers_verify(legal_kb, tmp_path, tiny_model_dir):
+    """Records fitted to the base model leave room for the answer in its context window, and every
+    target is one the answerer's verifier keeps: [n] names a passage in the prompt, the article is real
+    and is the one that passage's window is labelled with, and the quote is in that window."""
     import re
 
     from transformers import AutoConfig, AutoTokenizer
 
+    from apps.legal.answer import unsupported_quotes, verify_citations
+    from apps.legal.components import Hit
     from apps.legal.llm import ANSWER_TOKENS
-    from apps.legal.review import export_training_data
+    from apps.legal.statutes import lookup
+    from apps.legal.training import export_training_data
 
     cfg, _, _ = legal_kb
-    # The test model's 600-token vocabulary is nearly byte-level (a Chinese character is 3 tokens): give
-    # it a 4,096-token window: short prompts keep all 4 passages, longer ones step down to fewer, shorter ones.
-    model_dir = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
     out = tmp_path / "fitted.jsonl"
-    assert export_training_data(cfg, out, n=10, model_dir=model_dir) > 0
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    window = 4096
-    passages_shown = set()
+    assert export_training_data(cfg, out, n=10, model_dir=tiny_model_dir) > 0
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    window = AutoConfig.from_pretrained(str(tiny_model_dir)).max_position_embeddings
+    block = re.compile(r'<passage id="(\d+)"(?: article="([^"]+)")?>\n(.*?)\n</passage>', re.S)
     for line in out.read_text(encoding="utf-8").splitlines():
         messages = json.loads(line)["messages"]
         prompt = tok.apply_chat_template(messages[:2], add_generation_prompt=True, tokenize=False)
         assert len(tok(prompt, add_special_tokens=False).input_ids) + ANSWER_TOKENS <= window
-        shown = len(re.findall(r'<passage id="', messages[1]["content"]))
-        passages_shown.add(shown)
-        cited = [int(n) for n in re.findall(r"\[(\d+)\]", messages[2]["content"])]
-        assert cited and all(1 <= n <= shown for n in cited)
-    assert min(passages_shown) < 4  # some prompts stepped down from 4 x 1,200 characters
+        shown = block.findall(messages[1]["content"])
+        hits = [Hit(int(n), 1.0, doc_id=f"p{n}", text=text) for n, _, text in shown]
+        answer = messages[2]["content"]
+        cited = [int(n) for n in re.findall(r"\[(\d+)\]", answer)]
+        assert len(cited) == 1 and 1 <= cited[0] <= len(shown)
+        article = shown[cited[0] - 1][1]
+        assert article and lookup(article) is not None and article in answer
+        verified = verify_citations(answer, hits)
+        assert verified.answer == answer and not verified.flagged and unsupported_quotes(verified) == []
 
 
 def test_service_prepares_a_corpus_serves_and_stops_on_sigterm(tmp_path, static_embedder_dir):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from apps.legal.answer import VerifiedAnswer, extractive_answer, unsupported_quotes, verify_citations
+from apps.legal.answer import VerifiedAnswer, extractive_answer, grounding_problems, verify_citations
 from apps.legal.prompt import BUDGETS, build_messages
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,10 @@ class LegalAnswerer:
         if not any(c["marker"].startswith("[") for c in result.citations):
             reason = "model answer had no verifiable passage citation"
         else:
-            for quote in unsupported_quotes(result):
-                result.flagged.append({"citation": quote, "reason": "quote not in any cited passage or statute"})
-                reason = "model answer quoted text its citations do not contain"
+            problems = grounding_problems(result, hits)
+            result.flagged.extend(problems)
+            if problems:
+                reason = f"model answer not grounded: {problems[0]['reason']}"
         if reason:
             fallback = extractive_answer(question, hits, reason)
             fallback.flagged = result.flagged + [{"citation": "", "reason": "model answer rejected",

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import json
 
-from apps.legal.answer import NEUTRALISED, extractive_answer, neutralise, unsupported_quotes, verify_citations
+from apps.legal.answer import (
+    NEUTRALISED,
+    extractive_answer,
+    grounding_problems,
+    neutralise,
+    unsupported_quotes,
+    verify_citations,
+)
 from apps.legal.components import Hit
 from apps.legal.llm import LegalAnswerer
 from apps.legal.pipeline import RetrievalMode, Retriever
@@ -47,6 +54,28 @@ def test_a_quote_must_be_in_a_kept_citation_not_just_next_to_a_valid_marker():
     assert unsupported_quotes(english) == ["breach must be reported in 24 hours"]
 
 
+def test_a_real_article_must_apply_in_a_cited_passage_and_titles_must_be_laws():
+    """What the trained tiny adapter wrote at 40 questions (docs/benchmarks/legal.md): a real article
+    with an empty quote after a valid [1], and a garbled law title the citation pattern cannot parse."""
+    hits = _hits() + [Hit(3, 0.6, doc_id="d3", text="GDPR Article 69 provides: \"The Board shall act independently.\"",
+                          statutes=("GDPR Article 69",))]
+    reasons = lambda text: [p["reason"] for p in grounding_problems(verify_citations(text, hits), hits)]  # noqa: E731
+    assert reasons('GDPR Article 69 applies: "The Board shall act independently" [4].') == []
+    assert reasons('GDPR Article 50 applies: " " [1].') == ["empty quote", "no cited passage applies this article"]
+    assert reasons('GDPR Article 50 applies: "The Board shall act independently" [4].') == [
+        "no cited passage applies this article"]
+    # a quote from the named article's own text grounds it (the existing quote rule's other source)
+    assert reasons('GDPR Article 33 applies: "the controller shall without undue delay" [2].') == []
+    assert reasons("依据《中华人民共和国矿法》第六法》第六法》第五百七十七条规定：”[1]。") == [
+        "not a law in the statute database"]
+    # the judgment quoted does not cite article 577, nor is the quote in the article's own text ...
+    assert reasons("依据《中华人民共和国民法典》第五百七十七条：“当事人一方不履行合同义务的”[1]。") == [
+        "no cited passage applies this article"]
+    # ... once the cited judgment cites it, the same answer is grounded
+    hits[0] = Hit(0, 0.9, doc_id="d0", text=hits[0].text, statutes=("《中华人民共和国民法典》第五百七十七条",))
+    assert reasons("依据《中华人民共和国民法典》第五百七十七条：“当事人一方不履行合同义务的”[1]。") == []
+
+
 def test_planted_injection_never_reaches_the_prompt_as_instructions(legal_kb):
     cfg, _, _ = legal_kb
     hits = Retriever(cfg, RetrievalMode(rerank=False), top_k=5).search("retention logs unlawful period", k=5)
@@ -87,9 +116,9 @@ def test_answer_through_the_real_model_server(legal_kb, model_server):
     result = answerer.answer("How long may retention logs be kept?", hits)
     assert "Ignore previous instructions" not in json.dumps(answerer.last_messages)
     assert result.mode == "model" or result.mode.startswith(("extractive (model answer had no verifiable",
-                                                             "extractive (model answer quoted text"))
+                                                             "extractive (model answer not grounded"))
     if result.mode == "model":
-        assert unsupported_quotes(result) == []
+        assert grounding_problems(result, hits) == []
     for c in result.citations:
         if c["marker"].startswith("["):
             assert c["doc_id"] in {h.doc_id for h in hits}

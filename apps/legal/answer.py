@@ -14,6 +14,7 @@ Injection safety, in three layers (a test plants an "ignore previous instruction
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -99,18 +100,19 @@ def verify_citations(text: str, hits: list) -> VerifiedAnswer:
 _QUOTE = re.compile(r"“([^”]{6,})”|\"([^\"]{6,})\"")
 
 
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def unsupported_quotes(answer: VerifiedAnswer) -> list[str]:
     """Quoted spans of a model answer found in none of its kept citations (cited passages, real statute
     articles). A marker that names a retrieved passage only proves the passage exists; a quote the
     model attributes to the law or a judgment must also be in it, or the answer is not grounded (the
     tiny adapter's typical output: a valid [1] after a quote it made up)."""
-    def norm(text: str) -> str:
-        return re.sub(r"\s+", " ", text).strip()
-
-    sources = [norm(c["passage"]) for c in answer.citations if c.get("passage")]
+    sources = [_norm(c["passage"]) for c in answer.citations if c.get("passage")]
     missing = []
     for m in _QUOTE.finditer(answer.answer):
-        quote = norm(m.group(1) or m.group(2)).rstrip("…. ")
+        quote = _norm(m.group(1) or m.group(2)).rstrip("…. ")
         if len(quote) >= 6 and not any(quote in src for src in sources):
             missing.append(quote[:80])
     return missing
@@ -120,6 +122,7 @@ _TITLE = re.compile(r"《([^《》]{1,60})》")
 _ANY_QUOTE = re.compile(r"“([^”]*)”|\"([^\"]*)\"")
 
 
+@functools.lru_cache(maxsize=1)
 def _law_titles() -> frozenset[str]:
     from apps.legal.statutes import statute_index
 
@@ -144,11 +147,11 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
             problems.append({"citation": m.group(0), "reason": "empty quote"})
     cited = [hits[int(c["marker"][1:-1]) - 1] for c in answer.citations if c["marker"].startswith("[")]
     applied_in_cited = {key for h in cited for key in (*find_citations(h.text), *getattr(h, "statutes", ()))}
-    quotes = [re.sub(r"\s+", " ", m.group(1) or m.group(2)).strip() for m in _QUOTE.finditer(answer.answer)]
+    quotes = [_norm(m.group(1) or m.group(2)) for m in _QUOTE.finditer(answer.answer)]
     for c in answer.citations:
         if c["marker"].startswith("[") or c["marker"] in applied_in_cited:
             continue
-        if not any(q and q in re.sub(r"\s+", " ", c["passage"]) for q in quotes):
+        if not any(q and q in _norm(c["passage"]) for q in quotes):
             problems.append({"citation": c["marker"], "reason": "no cited passage applies this article"})
     titles = _law_titles()
     for m in _TITLE.finditer(answer.answer):

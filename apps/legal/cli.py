@@ -115,7 +115,10 @@ def cmd_review(args, settings) -> int:
 
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    reviewer = ContractReviewer(cfg if cfg.sqlite_path.exists() and not args.no_retrieval else None)
+    if args.no_retrieval:  # the checklist alone: no reference clauses, no precedents
+        reviewer = ContractReviewer(None, use_retrieval=False)
+    else:
+        reviewer = ContractReviewer(cfg if cfg.sqlite_path.exists() else None)
     findings = reviewer.review(path.read_text(encoding="utf-8"), tenant=args.tenant)
     if args.json:
         print(json.dumps([f.to_json() for f in findings], ensure_ascii=False, indent=1))
@@ -194,7 +197,8 @@ def register(subparsers) -> None:
     p = add_command(group, "review", cmd_review, "Review a contract clause by clause: risky clauses, statutes, precedents, rewording.")
     p.add_argument("contract", help="contract text file")
     p.add_argument("--tenant", default=None, help="tenant label for precedent retrieval")
-    p.add_argument("--no-retrieval", action="store_true", help="rules only, no statutes/precedents retrieval")
+    p.add_argument("--no-retrieval", action="store_true", help="the checklist of risky wordings only: no reference-clause retrieval (so no statute tests "
+                        "on wordings the checklist misses) and no precedents")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--kb", default=None, help="knowledge-base directory (default DSV_HOME/legal/kb)")
     p = add_command(group, "export-training", cmd_export_training,

@@ -44,13 +44,41 @@ def test_review_flags_risky_clauses_with_real_statutes_and_accessible_precedents
 
 def test_review_accuracy_is_measured_with_and_without_retrieval():
     result = evaluate_review()
-    for split in ("held_out_fills", "held_out_templates"):
+    for split in ("held_out_fills", "held_out_templates", "unseen"):
         for name in ("without_retrieval", "with_retrieval"):
             acc = result[split][name]["accuracy_risky_vs_safe"]
             assert 0.0 <= acc <= 1.0
-    # With the bank holding the wordings (other parties / numbers), retrieval must beat rules alone.
-    assert (result["held_out_fills"]["with_retrieval"]["accuracy_risky_vs_safe"]
-            > result["held_out_fills"]["without_retrieval"]["accuracy_risky_vs_safe"])
+    # Wordings never used to build the reviewer: retrieval (the topic) + the statute's test must judge
+    # them better than the checklist alone.
+    assert (result["unseen"]["with_retrieval"]["accuracy_risky_vs_safe"]
+            > result["unseen"]["without_retrieval"]["accuracy_risky_vs_safe"])
+
+
+def test_statute_tests_read_the_numbers_against_the_legal_limits():
+    from apps.legal.review import CATEGORY
+
+    probation, interest, penalty = (CATEGORY[n].test for n in ("probation_too_long", "usurious_interest", "excessive_penalty"))
+    # The contract term (三年) is not the probation period; 一年 before the keyword is 12 months.
+    assert probation("劳动合同期限三年，试用期为二个月。") is False
+    assert probation("乙方入职后需经过为期一年的考察期。") is True
+    assert probation("New hires serve a probationary period of 9 months.") is True
+    assert probation("Employees are on probation for the first month.") is False
+    # 8 % a month is 96 % a year; 每月2分 is 2 % a month; 6 % a year is within 4x the LPR.
+    assert interest("Interest accrues at 8% per month.") is True
+    assert interest("借款人应按每月2分的利息支付。") is True
+    assert interest("借款按年利率百分之六计息。") is False
+    assert penalty("逾期付款的，按未付金额每日万分之五支付违约金。") is False
+    assert penalty("乙方须赔付合同价款的6成作为违约赔偿。") is True
+    assert penalty("This agreement is governed by the laws of Ireland.") is None
+
+
+def test_a_safe_twin_is_not_flagged_although_its_neighbours_are_risky():
+    reviewer = ContractReviewer(None)
+    verdict = reviewer.judge("The loan bears interest of 4% per annum.", exclude_template=None)
+    assert verdict.category is None and verdict.topic == "usurious_interest"
+    assert any(e["label"] == "usurious_interest" for e in verdict.evidence)   # its twins were retrieved
+    flagged = reviewer.judge("Interest accrues at 7% per month on the principal.")
+    assert flagged.category == "usurious_interest" and flagged.reasons
 
 
 def test_export_training_data_is_valid_chat_jsonl(legal_kb, tmp_path):

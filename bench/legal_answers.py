@@ -13,7 +13,13 @@ as the baseline in the same run, the base model without it):
   and ``names_gold_statute``: the answer names the gold article itself (verification only checks that a
   citation EXISTS; these two check it is the right one);
 - ``degenerate``: the model's text (kept or rejected) repeats a phrase of 1-6 words three times in a row
-  (the tiny model's loops).
+  (the tiny model's loops);
+- ``choice_names_gold``: does the model at least *rank* the articles right? Every grounded answer the
+  shown windows support (``prompt.grounded_candidates``: one per article, verifiable by construction) is
+  scored through ``/v1/score`` with the same prompt (the head ``依据<article>`` / ``<article>`` the adapter
+  was trained to write) and the likeliest is checked against the gold article. Baselines in the same run,
+  without any model: ``first_candidate_names_gold`` (the highest-ranked window's grounded answer: what
+  ``dsv legal ask`` leads its fallback with) and ``gold_among_candidates`` (the ceiling for any choice).
 
 The questions are ``make_questions`` over judgments sampled from the store (SYNTHETIC judgments, real
 statutes); seed 7, apart from ``export-training``'s seed 0.
@@ -86,7 +92,33 @@ def score(q: dict, hits: list, result) -> dict:
                 q["gold_statute"] in by_marker[c["marker"]].statutes for c in kept if c["marker"] in by_marker),
             "names_gold_statute": result.mode == "model" and any(
                 c["marker"] == q["gold_statute"] for c in result.citations),
-            "degenerate": loops(raw_model_text(result))}
+            "degenerate": loops(raw_model_text(result)),
+}
+
+
+def grounded_choices(q: dict, hits: list) -> tuple[list[dict], dict[str, str]]:
+    """The prompt and the grounded candidates' scoring heads (head -> article), in retrieval order."""
+    from apps.legal.prompt import BUDGETS, build_messages, grounded_candidates
+
+    messages, evidence = build_messages(q["question"], hits, BUDGETS[0])
+    zh = bool(re.search(r"[\u4e00-\u9fff]", q["question"]))
+    articles = list(grounded_candidates(q["question"], evidence, "zh" if zh else "en"))
+    return messages, {(f"依据{a}" if zh else a): a for a in articles}
+
+
+def candidate_baselines(q: dict, hits: list) -> dict:
+    """No model: does the top-ranked window's grounded answer name the gold article; is gold among them."""
+    articles = list(grounded_choices(q, hits)[1].values())
+    return {"first_candidate_names_gold": bool(articles) and articles[0] == q["gold_statute"],
+            "gold_among_candidates": q["gold_statute"] in articles, "candidates": len(articles)}
+
+
+def model_choice_names_gold(client, model: str, q: dict, hits: list) -> bool:
+    messages, heads = grounded_choices(q, hits)
+    if not heads:
+        return False
+    probs = client.score(model, None, list(heads), messages=messages)
+    return heads[max(probs, key=probs.get)] == q["gold_statute"]
 
 
 def raw_model_text(result) -> str:
@@ -137,6 +169,10 @@ def main(argv=None) -> int:
                     "retrieval_hit_in_top4": round(sum(any(q["gold_statute"] in h.statutes for h in hits)
                                                        for q, hits in evidence) / len(evidence), 3),
                     "models": {}, "examples": {}}
+    baselines = [candidate_baselines(q, hits) for q, hits in evidence]
+    result["no_model_baselines"] = {
+        key: round(sum(b[key] for b in baselines) / len(baselines), 3)
+        for key in ("first_candidate_names_gold", "gold_among_candidates", "candidates")}
     try:
         client = ModelClient(url, timeout=300.0)
         served = {m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]}
@@ -150,7 +186,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 answer = answerer.answer(q["question"], hits)
                 times.append(time.perf_counter() - t)
-                rows.append(score(q, hits, answer))
+                rows.append({**score(q, hits, answer), "choice": model_choice_names_gold(client, model, q, hits)})
                 shown = result["examples"].setdefault(f"{model}:{answer.mode.split(' ')[0]}", [])
                 if len(shown) < 3:  # a few of each outcome: the model's own text, and fallbacks
                     shown.append({"question": q["question"], "gold": q["gold_statute"],
@@ -164,6 +200,7 @@ def main(argv=None) -> int:
                 "kept_citation_cites_gold": round(sum(r["kept_citation_cites_gold"] for r in rows) / n, 3),
                 "names_gold_statute": round(sum(r["names_gold_statute"] for r in rows) / n, 3),
                 "degenerate": round(sum(r["degenerate"] for r in rows) / n, 3),
+                "choice_names_gold": round(sum(r["choice"] for r in rows) / n, 3),
                 "seconds_per_answer_p50": round(sorted(times)[n // 2], 2)}
             print(json.dumps({"progress": model, **result["models"][model]}), file=sys.stderr)
     finally:

@@ -111,13 +111,20 @@ class ModelClient:
 
     # -- scoring ----------------------------------------------------------------------------------
 
-    def score(self, model: str, prompt: str, labels: list[str]) -> dict[str, float]:
-        """Probability of each label as the continuation of ``prompt`` (normalised over ``labels``)."""
+    def score(self, model: str, prompt: str | None, labels: list[str],
+              messages: list[dict] | None = None) -> dict[str, float]:
+        """Probability of each label as the continuation of ``prompt`` - or of the assistant's reply to
+        chat ``messages`` (the server applies its chat template) - normalised over ``labels``."""
         if not labels:
             raise ValueError("labels: at least one label is required")
+        if (prompt is None) == (messages is None):
+            raise ValueError("score: give exactly one of prompt or messages")
+        body = {"model": model, "labels": labels, **({"prompt": prompt} if messages is None else {"messages": messages})}
         with self._guarded():
-            response = self._post(f"{self.base_url}/score", {"model": model, "prompt": prompt, "labels": labels})
+            response = self._post(f"{self.base_url}/score", body)
             if response.status_code in (404, 405) and _is_missing_route(response):
+                if messages is not None:
+                    raise ModelRequestError(response.status_code, f"{self.base_url}: no /score route, and chat scoring needs it")
                 return self._score_by_completion(model, prompt, labels)
             self._raise_for_status(response)
             return {item["label"]: float(item["probability"]) for item in response.json()["data"]}

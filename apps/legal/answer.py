@@ -160,17 +160,19 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
     return problems
 
 
-def extractive_answer(question: str, hits: list, reason: str, max_passages: int = 3) -> VerifiedAnswer:
-    """No generation: the sentence of each top passage that overlaps the question most, with its marker."""
+def extractive_answer(question: str, hits: list, reason: str, max_passages: int = 3,
+                      lead: str | None = None) -> VerifiedAnswer:
+    """No generation: the sentence of each top passage that overlaps the question most, with its marker;
+    ``lead`` (a grounded answer built from a passage window, ``prompt.grounded_candidates``) goes first."""
     q = set(tokenize(question))
-    parts = []
+    parts = [lead] if lead else []
     for n, h in enumerate(hits[:max_passages], start=1):
         text, _ = neutralise(h.text)
         sentences = [s.strip() for s in split_sentences(text) if s.strip() and NEUTRALISED not in s]
         if not sentences:
             continue
         overlap, best = max(((len(q & set(tokenize(s))), s) for s in sentences), key=lambda x: x[0])
-        if overlap or not parts:  # a passage sharing no term with the question adds nothing
+        if overlap or len(parts) == bool(lead):  # a passage sharing no term with the question adds nothing
             parts.append(f"{best} [{n}]")
     label = f"Extractive answer ({reason}; quoted from the retrieved judgments, not generated):"
     body = "\n".join(parts) if parts else "No passage the tenant may read matches the question."

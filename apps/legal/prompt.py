@@ -163,16 +163,27 @@ def supporting_quote(question: str, window: str) -> str | None:
     return quote if len(quote.split()) >= 4 else None
 
 
+def grounded_text(article: str, quote: str, number: int, language: str) -> str:
+    """The one answer shape the adapter learns (see the module docstring)."""
+    if language == "zh":
+        return f"依据{article}：“{quote}”[{number}]。"
+    return f'{article} applies: "{quote}" [{number}].'
+
+
+def grounded_candidates(question: str, evidence: list[Evidence], language: str) -> dict[str, str]:
+    """Every grounded answer the shown windows support: article -> answer text, one per article (its first
+    window with a quote), in evidence order. Each is verifiable by construction."""
+    out: dict[str, str] = {}
+    for e in evidence:
+        if e.neutralised or not e.article or e.article in out:
+            continue
+        quote = supporting_quote(question, e.window)
+        if quote is not None:
+            out[e.article] = grounded_text(e.article, quote, e.number, language)
+    return out
+
+
 def grounded_answer(question: str, evidence: list[Evidence], gold_article: str, language: str) -> str | None:
     """The training target: name ``gold_article`` with the first window labelled with it, quote that
     window's words matching the question, cite its number. None if no shown window supports it."""
-    for e in evidence:
-        if e.article != gold_article or e.neutralised:
-            continue
-        quote = supporting_quote(question, e.window)
-        if quote is None:
-            continue
-        if language == "zh":
-            return f"依据{gold_article}：“{quote}”[{e.number}]。"
-        return f'{gold_article} applies: "{quote}" [{e.number}].'
-    return None
+    return grounded_candidates(question, evidence, language).get(gold_article)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from apps.legal.answer import (
     NEUTRALISED,
     extractive_answer,
@@ -116,13 +118,44 @@ def test_answer_through_the_real_model_server(legal_kb, model_server):
     result = answerer.answer("How long may retention logs be kept?", hits)
     assert "Ignore previous instructions" not in json.dumps(answerer.last_messages)
     assert result.mode == "model" or result.mode.startswith(("extractive (model answer had no verifiable",
-                                                             "extractive (model answer not grounded"))
-    if result.mode == "model":
+                                                             "extractive (model answer not grounded", "selected"))
+    if result.mode == "model" or result.mode.startswith("selected"):
         assert grounding_problems(result, hits) == []
     for c in result.citations:
         if c["marker"].startswith("["):
             assert c["doc_id"] in {h.doc_id for h in hits}
     assert any(f["reason"].startswith("instruction-like") for f in result.flagged)
+
+
+def test_a_rejected_answer_is_led_by_the_top_windows_grounded_answer_and_chat_scoring_works(model_server):
+    """Two windows, each applying a different real article with words matching the question. The untrained
+    adapter's text is rejected; the fallback leads with the grounded answer of the top-ranked window (its
+    own article and words: verifiable, not generated). /v1/score with chat messages (what the bench uses
+    to measure the adapter's choice between those answers) gives a distribution over them."""
+    from core.client import ModelClient
+
+    question = "Within what time must the controller notify the personal data breach to the supervisory authority?"
+    hits = [Hit(0, 0.9, doc_id="d0", statutes=("GDPR Article 33",),
+                text="Under GDPR Article 33 the controller shall notify the personal data breach to the supervisory "
+                     "authority within 72 hours."),
+            Hit(1, 0.8, doc_id="d1", statutes=("GDPR Article 34",),
+                text="Under GDPR Article 34 the controller shall communicate the personal data breach to the data "
+                     "subject without undue delay.")]
+    client = ModelClient(model_server.base_url, model_server.api_keys["legal"], timeout=120)
+    answerer = LegalAnswerer(client, model="legal", max_tokens=8)
+    result = answerer.answer(question, hits)
+    if result.mode == "model":  # the adapter wrote a grounded answer itself
+        assert grounding_problems(result, hits) == []
+    else:
+        assert result.mode.startswith("extractive (model answer"), result.mode
+        lead = result.answer.splitlines()[1]
+        assert lead == 'GDPR Article 33 applies: "notify the personal data breach to the supervisory authority" [1].'
+        assert any(c["marker"] == "GDPR Article 33" for c in result.citations)
+        assert any(f.get("reason") == "model answer rejected" for f in result.flagged)
+    probs = client.score("legal", None, ["GDPR Article 33", "GDPR Article 34"], messages=answerer.last_messages)
+    assert set(probs) == {"GDPR Article 33", "GDPR Article 34"} and abs(sum(probs.values()) - 1.0) < 1e-6
+    with pytest.raises(ValueError):
+        client.score("legal", "a prompt", ["x"], messages=answerer.last_messages)
 
 
 def test_fallback_when_server_is_down(legal_kb):

@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument("--channels", default="16,32,64,128,256", help="UNet channels when the bench trains")
     parser.add_argument("--reuse-model", action="store_true", help="use the model file if present (its recorded s/it)")
     parser.add_argument("--model", default="model.pt", help="checkpoint name under WORK")
+    parser.add_argument("--candidate-threshold", type=float, default=None,
+                        help="first-stage probability above which a component is a candidate (default: "
+                             "PostprocessConfig's); the second stage is trained and evaluated on the same")
     parser.add_argument("--skip-report", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -182,6 +185,7 @@ def main() -> None:
     from apps.medical.fpr import FprTrainConfig, train_classifier
     from apps.medical.model import ModelConfig, TrainConfig, checkpoint_entry, train
     from apps.medical.pipeline import NoduleDetector
+    from apps.medical.postprocess import PostprocessConfig
 
     if 2 in (args.train_seed, args.val_seed, args.fpr_seed):
         parser.error("seed 2 is the held-out seed")
@@ -192,6 +196,7 @@ def main() -> None:
     # The first 8 held-out cases are runs 1-5's whole held-out set (case seeds are seed * 1000 + index).
     held_out = _cases(work, f"heldout_s2_{args.eval_cases}", args.eval_cases, 2, args.small_boost)
     model_path = work / args.model
+    post = PostprocessConfig() if args.candidate_threshold is None else PostprocessConfig(threshold=args.candidate_threshold)
     if not (args.reuse_model and model_path.exists()):
         channels = tuple(int(c) for c in args.channels.split(","))
         train(TrainConfig(train_dir, model_path, iterations=args.iterations, max_seconds=args.max_train_seconds,
@@ -200,15 +205,16 @@ def main() -> None:
                                             strides=(2,) * (len(channels) - 1))))
     if args.fpr_iterations and checkpoint_entry(model_path, "classifier_state_dict") is None:
         fpr_dirs = _cases(work, f"fpr_s{args.fpr_seed}_{args.fpr_cases}", args.fpr_cases, args.fpr_seed, args.train_small_boost)
-        train_classifier(FprTrainConfig(data_dir=fpr_dirs[0].parent, model_path=model_path, iterations=args.fpr_iterations))
+        train_classifier(FprTrainConfig(data_dir=fpr_dirs[0].parent, model_path=model_path, iterations=args.fpr_iterations,
+                                        postprocess=post))
     train_meta = json.loads(model_path.with_suffix(".json").read_text())
     detector = NoduleDetector(model_path)
-    cfg = EvalConfig(model_path=model_path)
+    cfg = EvalConfig(model_path=model_path, postprocess=post)
     validation = summarise([evaluate_case(detector, c, cfg) for c in val_dirs], cfg)
     point = store_operating_point(model_path, validation, f"seed {args.val_seed}, {len(val_dirs)} cases",
                                   second_stage=detector.classifier is not None)
     detector = NoduleDetector(model_path)
-    held_cfg = EvalConfig(model_path=model_path, operating_threshold=point["threshold"])
+    held_cfg = EvalConfig(model_path=model_path, operating_threshold=point["threshold"], postprocess=post)
     per_case = [evaluate_case(detector, c, held_cfg) for c in held_out]
     model_eval = summarise(per_case, held_cfg)
     first8 = summarise(per_case[:8], held_cfg)
@@ -223,6 +229,7 @@ def main() -> None:
         | {"model_config": train_meta["model_config"], "train_cases": args.train_cases},
         "second_stage": train_meta.get("classifier_summary"),
         "operating_point": point,
+        "candidate_threshold": post.threshold,
         "validation": {k: validation[k] for k in keep},
         "inference_s_per_case_median": model_eval["inference_s_per_case_median"],
         "held_out": {k: v for k, v in model_eval.items() if k != "dice_per_nodule"},

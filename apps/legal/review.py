@@ -42,6 +42,8 @@ class RiskCategory:
     suggestion: str
     # The statute's test on a clause about this topic: True breaks it, False complies, None cannot tell.
     test: Callable[[str], bool | None]
+    # For the numeric tests: the figure read from the clause against the limit, shown with the verdict.
+    explain: Callable[[str], str] | None = None
 
 
 def _r(pattern: str) -> re.Pattern:
@@ -68,6 +70,19 @@ _PROBATION = _r(r"试用期|考察期|见习期|probation")
 
 def _probation_test(clause: str) -> bool | None:
     return _numeric(months_near(clause, _PROBATION), PROBATION_MAX_MONTHS)
+
+
+def _explain_penalty(clause: str) -> str:
+    return f"states {max(percentages(clause)):g} % of the price; flagged above {PENALTY_FLAG_PERCENT:g} %"
+
+
+def _explain_interest(clause: str) -> str:
+    return (f"{annual_interest_percent(clause):g} % a year; the cap is 4 x the one-year LPR "
+            f"({ONE_YEAR_LPR_PERCENT:g} %) = {4 * ONE_YEAR_LPR_PERCENT:g} %")
+
+
+def _explain_probation(clause: str) -> str:
+    return f"{months_near(clause, _PROBATION):g} months of probation; at most {PROBATION_MAX_MONTHS:g}"
 
 
 def _cue_test(breaks: str, complies: str | None = None) -> Callable[[str], bool | None]:
@@ -126,7 +141,7 @@ CATEGORIES = (
                  "liquidated damages far above the likely loss (court may reduce)",
                  ("《中华人民共和国民法典》第五百八十五条",),
                  "Liquidated damages shall not exceed 30% of the loss actually caused, adjustable under law.",
-                 _penalty_test),
+                 _penalty_test, _explain_penalty),
     RiskCategory("unilateral_change",
                  _r(r"有权随时(单方)?(修改|变更|解除)|may (amend|modify|terminate) this (agreement|contract) at any time"),
                  "one party may change or terminate at will",
@@ -138,13 +153,13 @@ CATEGORIES = (
                  "interest rate above the legal cap on private lending",
                  ("《中华人民共和国民法典》第六百八十条",),
                  "Interest shall not exceed the cap set by the national rules on private lending.",
-                 _interest_test),
+                 _interest_test, _explain_interest),
     RiskCategory("probation_too_long",
                  _r(r"试用期.{0,6}(六|七|八|九|十|十二)个月"),
                  "probation period longer than the statutory maximum",
                  ("《中华人民共和国劳动合同法》第十九条",),
                  "The probation period shall not exceed the maximum for the contract term (at most six months).",
-                 _probation_test),
+                 _probation_test, _explain_probation),
     RiskCategory("no_overtime_pay",
                  _r(r"加班.{0,6}不(另行)?(支付|计发)|no (additional )?(pay|compensation) for overtime"),
                  "overtime without the statutory premium",
@@ -259,7 +274,9 @@ class ContractReviewer:
                 continue
             breaks = CATEGORY[topic].test(clause)
             if breaks is not None:
-                return self._verdict(topic, breaks, "it fails the statute's test", evidence)
+                explain = CATEGORY[topic].explain
+                how = "it fails the statute's test" + (f" ({explain(clause)})" if explain else "")
+                return self._verdict(topic, breaks, how, evidence)
         topic = max(votes, key=votes.get) if votes else None
         if topic is None:
             return Verdict(None, evidence=evidence)

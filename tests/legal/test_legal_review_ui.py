@@ -78,7 +78,7 @@ def test_a_safe_twin_is_not_flagged_although_its_neighbours_are_risky():
     assert verdict.category is None and verdict.topic == "usurious_interest"
     assert any(e["label"] == "usurious_interest" for e in verdict.evidence)   # its twins were retrieved
     flagged = reviewer.judge("Interest accrues at 7% per month on the principal.")
-    assert flagged.category == "usurious_interest" and flagged.reasons
+    assert flagged.category == "usurious_interest" and "84 % a year" in flagged.reasons[0]  # 7 % a month
 
 
 def test_export_training_data_is_valid_chat_jsonl(legal_kb, tmp_path):

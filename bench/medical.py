@@ -147,6 +147,21 @@ def _cases(work: Path, name: str, n: int, seed: int, boost: float) -> list[Path]
     return sorted(p.parent.parent for p in folder.glob("*/truth/nodules.json"))[:n]
 
 
+def never_proposed(per_case: list[dict]) -> dict:
+    """Held-out nodules that no first-stage candidate matched (score 0), by kind and size: the FROC's
+    plateau, which no second stage or threshold can lift."""
+    from apps.medical.evaluation import SIZE_BINS
+
+    out: dict = {}
+    for case in per_case:
+        for n in case["nodules"]:
+            size = next(name for name, lo, hi in SIZE_BINS if lo <= n["diameter_mm"] < hi)
+            row = out.setdefault(f"{n['kind']}:{size}", {"n": 0, "never_proposed": 0})
+            row["n"] += 1
+            row["never_proposed"] += n["score"] == 0.0
+    return dict(sorted(out.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(REPO / "var" / "medical" / "bench"))
@@ -237,6 +252,7 @@ def main() -> None:
         "baseline_hu_threshold": {k: base_eval[k] for k in ("cpm", "fp_per_scan", "sensitivity_by_size",
                                                             "inference_s_per_case_median")},
         "cpm_ratio_model_over_baseline": round(model_eval["cpm"] / base_eval["cpm"], 3) if base_eval["cpm"] else None,
+        "held_out_never_proposed": never_proposed(per_case),
     }
     if not args.skip_report:
         # Findings as the pipeline reports them (from the validated operating point up) on each held-out case.

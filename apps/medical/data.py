@@ -38,6 +38,11 @@ class SynthConfig:
     max_rotation_deg: float = 12.0
     small_nodule_boost: float = 0.0
     """Extra probability of drawing a 3-5 mm nodule (0 = the LIDC mix as measured)."""
+    vessel_contact: float = 0.0
+    """Probability that a nodule is placed touching a vessel (juxtavascular) instead of anywhere in the
+    lung. For training sets: the held-out nodules the network never proposed were such ones (it learnt
+    from the vessel hard negatives that soft tissue joined to a vessel is vessel). 0 leaves the random
+    stream, hence every existing seed's cases, unchanged."""
     patient_name: str = "SYNTHETIC^CASE"
     patient_id_prefix: str = "SYN"
     extra_tags: dict = field(default_factory=dict)
@@ -110,7 +115,7 @@ class Phantom:
     """Chest anatomy as functions of patient position (mm)."""
 
     def __init__(self, rng: np.random.Generator, half_fov: float, half_z: float, sizes: NoduleSizeModel,
-                 n_nodules: int, small_boost: float):
+                 n_nodules: int, small_boost: float, vessel_contact: float = 0.0):
         self.body = np.array([half_fov * rng.uniform(0.86, 0.94), half_fov * rng.uniform(0.7, 0.8)])
         self.lung_axes = np.array([self.body[0] * 0.38, self.body[1] * 0.72, half_z * 1.6])
         self.lung_centers = [np.array([s * self.body[0] * 0.47, 0.0, 0.0]) for s in (-1, 1)]
@@ -132,12 +137,24 @@ class Phantom:
             d = rng.uniform(3.0, 5.0) if rng.uniform() < small_boost else sizes.sample_diameter(rng)
             axes = d / 2 * np.array([1.0, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0)])
             c = self.lung_centers[rng.integers(2)] + rng.uniform(-0.65, 0.65, 3) * self.lung_axes * [1, 1, 0.4]
+            if vessel_contact and rng.uniform() < vessel_contact:
+                c = self._beside_vessel(rng, d)
             if not self._inside_lung(c[None], margin=d / 2 + 2.0)[0]:
                 continue
             if any(np.linalg.norm(c - n.center_mm) < (d + n.diameter_mm) / 2 + 4 for n in self.nodules):
                 continue
             self.nodules.append(TrueNodule([round(float(v), 3) for v in c], round(float(d), 3),
                                            [round(float(v), 3) for v in axes], sizes.sample_type(rng)))
+
+    def _beside_vessel(self, rng: np.random.Generator, d: float) -> np.ndarray:
+        """A nodule centre whose surface touches or slightly overlaps a random vessel (off its axis by the
+        vessel radius plus 0.6-1.0 nodule radii), anywhere along the vessel, the tip included."""
+        start, end, radius = self.vessels[rng.integers(len(self.vessels))]
+        axis = end - start
+        along = start + rng.uniform(0.3, 1.0) * axis
+        side = np.cross(axis, rng.normal(size=3))
+        side /= np.linalg.norm(side) + 1e-9
+        return along + side * (radius + d / 2 * rng.uniform(0.6, 1.0))
 
     def _inside_lung(self, p: np.ndarray, margin: float = 0.0) -> np.ndarray:
         inside = np.zeros(p.shape[:-1], dtype=bool)
@@ -192,7 +209,7 @@ def generate_case(out_dir: Path, case_id: str, seed: int, config: SynthConfig = 
     origin = -row_dir * half_fov - col_dir * (config.rows * ps / 2) - normal * (n_slices * thickness / 2)
     phantom = Phantom(rng, half_fov, n_slices * thickness / 2, sizes,
                       int(rng.integers(config.nodules_per_case[0], config.nodules_per_case[1] + 1)),
-                      config.small_nodule_boost)
+                      config.small_nodule_boost, config.vessel_contact)
 
     i, j = np.meshgrid(np.arange(config.cols), np.arange(config.rows), indexing="ij")  # [col, row]
     plane = origin + i[..., None] * ps * row_dir + j[..., None] * ps * col_dir

@@ -53,6 +53,9 @@ class FprTrainConfig:
     with nodules, including ones it happens not to flag on these particular cases."""
     seed: int = 0
     max_seconds: float | None = None
+    flip_tta: bool = False
+    """First stage averaged over the volume and its mirror images (``predict_probability``). Recorded in
+    the checkpoint with the classifier: it learns on these maps, so the pipeline must compute the same."""
     classifier: CandidateClassifierConfig = field(default_factory=CandidateClassifierConfig)
 
 
@@ -181,9 +184,10 @@ def train_classifier(cfg: FprTrainConfig) -> dict:
     import torch
     from tqdm import tqdm
 
-    from .model import _case_dirs
+    from .model import _case_dirs, update_checkpoint
     from .pipeline import NoduleDetector
 
+    update_checkpoint(cfg.model_path, inference={"flip_tta": cfg.flip_tta})
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -46,6 +46,11 @@ class TrainConfig:
     """Also save every N iterations (0 = only at the end), so that a long run stopped early is usable."""
     attached_weight: float = 1.0
     """Centre patches on nodules that touch a vessel this many times more often than on free ones."""
+    positive_mass: float = 0.5
+    """Share of patches centred on a nodule."""
+    hard_negative_mass: float = 0.3
+    """Share centred on vessel-like voxels. With a second stage behind it the first stage's job is recall:
+    a lower share stops it learning that soft tissue joined to a vessel is vessel (docs/benchmarks/medical.md run 9)."""
     init_from: Path | None = None
     """Start from this checkpoint's weights (same ModelConfig): a second phase of training."""
     model: ModelConfig = ModelConfig()
@@ -118,7 +123,9 @@ def train(cfg: TrainConfig) -> dict:
     # and native HU volumes of 200 cases would cost ~0.8 GB on top of the cache.
     ds = CacheDataset([{"case_dir": str(c)} for c in mine],
                       transform=training_transforms(cfg.model.spacing_mm, cfg.model.patch, cfg.samples_per_case,
-                                                    load=(LoadSyntheticCased(),), attached_weight=cfg.attached_weight),
+                                                    load=(LoadSyntheticCased(),), attached_weight=cfg.attached_weight,
+                                                    positive_mass=cfg.positive_mass,
+                                                    hard_negative_mass=cfg.hard_negative_mass),
                       cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=0)
     net = build_network(cfg.model)
@@ -256,13 +263,24 @@ def load_checkpoint(path: Path):
     return net, cfg
 
 
-def predict_probability(net, image_scaled, cfg: ModelConfig):
-    """Nodule probability on the canonical grid (sliding window, Gaussian-weighted overlaps)."""
+def predict_probability(net, image_scaled, cfg: ModelConfig, flip_tta: bool = False):
+    """Nodule probability on the canonical grid (sliding window, Gaussian-weighted overlaps).
+
+    ``flip_tta`` also runs the volume mirrored along each axis and averages the four probability maps:
+    a small nodule that one view scores just under the candidate threshold may pass in the mean (4x the
+    time; measured in docs/benchmarks/medical.md)."""
     import torch
     from monai.inferers import sliding_window_inference
 
+    volume = image_scaled.as_tensor()[None] if hasattr(image_scaled, "as_tensor") else image_scaled[None]
+    views = [()] + ([(2,), (3,), (4,)] if flip_tta else [])
+    total = None
     with torch.no_grad():
-        logits = sliding_window_inference(image_scaled.as_tensor()[None] if hasattr(image_scaled, "as_tensor") else image_scaled[None],
-                                          roi_size=(cfg.patch,) * 3, sw_batch_size=4, predictor=net,
-                                          overlap=0.25, mode="gaussian")
-        return torch.softmax(logits, dim=1)[0, 1].numpy()
+        for axes in views:
+            x = torch.flip(volume, axes) if axes else volume
+            logits = sliding_window_inference(x, roi_size=(cfg.patch,) * 3, sw_batch_size=4, predictor=net,
+                                              overlap=0.25, mode="gaussian")
+            prob = torch.softmax(logits, dim=1)[:, 1:2]
+            prob = torch.flip(prob, axes) if axes else prob
+            total = prob if total is None else total + prob
+        return (total / len(views))[0, 0].numpy()

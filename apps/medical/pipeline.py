@@ -55,6 +55,9 @@ class NoduleDetector:
         self.classifier = load_classifier(model_path) if use_classifier else None
         point = checkpoint_entry(model_path, "operating_point") if use_classifier else None
         self.operating_threshold: float | None = point["threshold"] if point else None
+        # Recorded in the checkpoint (bench/medical.py --flip-tta) so that the second stage is trained and the
+        # operating point chosen on the same probability maps the pipeline later computes.
+        self.flip_tta = bool((checkpoint_entry(model_path, "inference") or {}).get("flip_tta", False))
 
     def canonical(self, hu_native: np.ndarray, native_affine: np.ndarray):
         """HU on the analysis grid (LPS, isotropic) and the network's scaled input."""
@@ -66,7 +69,7 @@ class NoduleDetector:
     def probability(self, scaled) -> np.ndarray:
         from .model import predict_probability
 
-        return predict_probability(self.net, scaled, self.model_cfg)
+        return predict_probability(self.net, scaled, self.model_cfg, flip_tta=self.flip_tta)
 
     def findings(self, prob: np.ndarray, hu_c, scaled, native_affine: np.ndarray, native_shape: tuple[int, int, int],
                  image_numbers: list[int], cfg: PostprocessConfig):

@@ -180,7 +180,7 @@ class RandNoduleBalancedCropd(Randomizable):
 
 
 def training_transforms(spacing_mm: float, patch: int, samples_per_case: int, load: tuple = (),
-                        attached_weight: float = 1.0):
+                        attached_weight: float = 1.0, positive_mass: float = 0.5, hard_negative_mass: float = 0.3):
     """Cached deterministic part (``load``, canonical grid, exact labels, sampling lists, compact dtypes),
     then nodule-balanced crops and light augmentation."""
     import torch
@@ -206,7 +206,8 @@ def training_transforms(spacing_mm: float, patch: int, samples_per_case: int, lo
         NoduleBalancedSamplingd(spacing_mm),
         EnsureTyped(keys=["image", "label"], track_meta=False),
         CastToTyped(keys=["image", "label"], dtype=(torch.float16, torch.uint8)),  # halves the cache
-        RandNoduleBalancedCropd(("image", "label"), patch, samples_per_case, attached_weight=attached_weight),
+        RandNoduleBalancedCropd(("image", "label"), patch, samples_per_case, positive_mass=positive_mass,
+                                hard_negative_mass=hard_negative_mass, attached_weight=attached_weight),
         CastToTyped(keys=["image", "label"], dtype=torch.float32),
         RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
         RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=1),

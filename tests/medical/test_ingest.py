@@ -132,3 +132,26 @@ def test_calibration_matches_lidc_database():
     rng = np.random.default_rng(0)
     draws = np.array([shipped.sample_diameter(rng) for _ in range(4000)])
     assert abs(np.median(draws) - shipped.quantiles_mm[50]) < 0.5  # sampling reproduces the shipped median
+
+
+def test_vessel_contact_places_nodules_against_vessels_and_leaves_other_seeds_unchanged():
+    from apps.medical.calibration import NoduleSizeModel
+    from apps.medical.data import Phantom, _segment_distance
+
+    def gaps(vessel_contact: float, seed: int) -> tuple[list[float], list]:
+        rng = np.random.default_rng(seed)
+        phantom = Phantom(rng, 50.0, 32.0, NoduleSizeModel.load(), 4, 0.4, vessel_contact)
+        out = []
+        for n in phantom.nodules:  # nodule surface to the nearest vessel surface, mm (< 0: they overlap)
+            c = np.asarray(n.center_mm)
+            out.append(min(float(_segment_distance(c, a, b)) - r for a, b, r in phantom.vessels) - n.diameter_mm / 2)
+        return out, phantom.nodules
+
+    touching = [g for seed in range(10) for g in gaps(1.0, seed)[0]]
+    anywhere = [g for seed in range(10) for g in gaps(0.0, seed)[0]]
+    assert len(touching) >= 20 and max(touching) <= 1e-6  # every nodule touches (or slightly enters) a vessel
+    assert np.median(anywhere) > 2.0  # placed anywhere, most nodules are clear of every vessel
+    # 0 draws nothing extra from the random stream: the same seed gives the same nodules as before the option.
+    rng = np.random.default_rng(3)
+    legacy = Phantom(rng, 50.0, 32.0, NoduleSizeModel.load(), 4, 0.4)
+    assert [n.center_mm for n in legacy.nodules] == [n.center_mm for n in gaps(0.0, 3)[1]]

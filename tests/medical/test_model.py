@@ -33,6 +33,36 @@ def test_tiny_training_runs_real_monai_and_predicts(tiny_medical_model, synth_ca
     assert prob.shape == tuple(item["image"].shape[1:]) and 0.0 <= prob.min() <= prob.max() <= 1.0
 
 
+
+def test_flip_tta_is_recorded_in_the_checkpoint_and_averages_the_mirrored_views(tiny_medical_model, synth_cases, tmp_path):
+    import torch
+
+    from apps.medical.fpr import FprTrainConfig, train_classifier
+    from apps.medical.model import load_case, predict_probability, update_checkpoint
+    from apps.medical.pipeline import NoduleDetector
+
+    model = tmp_path / "model.pt"
+    shutil.copy(tiny_medical_model[0], model)
+    assert NoduleDetector(model).flip_tta is False
+    data, records = synth_cases
+    # The second stage learns on the averaged maps, so training it with flip_tta records the setting.
+    train_classifier(FprTrainConfig(data_dir=data, model_path=model, iterations=1, batch=4, flip_tta=True))
+    tta = NoduleDetector(model)
+    assert tta.flip_tta is True and json.loads(model.with_suffix(".json").read_text())["inference"] == {"flip_tta": True}
+    update_checkpoint(model, inference={"flip_tta": False})
+    plain = NoduleDetector(model)
+    assert plain.flip_tta is False
+    item = load_case(data / records[0]["case_id"], native_label=False)
+    _, scaled = tta.canonical(item["image"][0].numpy(), np.asarray(item["image"].affine))
+    averaged, single = tta.probability(scaled), plain.probability(scaled)
+    assert averaged.shape == single.shape and 0.0 <= averaged.min() <= averaged.max() <= 1.0
+    assert not np.allclose(averaged, single, atol=1e-4)
+    # The mean of the plain view and the three mirrored ones, each mirrored back onto the original grid.
+    views = [single] + [np.flip(predict_probability(plain.net, torch.flip(scaled.as_tensor(), (axis,)), plain.model_cfg), axis - 1)
+                        for axis in (1, 2, 3)]
+    np.testing.assert_allclose(averaged, np.mean(views, axis=0), atol=1e-5)
+
+
 def test_train_command_under_torchrun_ddp(synth_cases, tmp_path):
     data, _ = synth_cases
     out = tmp_path / "ddp.pt"
@@ -194,6 +224,9 @@ def test_training_cache_covers_everything_before_the_random_crop():
     first = t.get_index_of_first(lambda x: isinstance(x, RandomizableTrait) or not isinstance(x, Transform))
     assert isinstance(t.transforms[first], RandNoduleBalancedCropd)
     assert isinstance(t.transforms[0], LoadSyntheticCased)
+    masses = training_transforms(0.7, 32, 2, positive_mass=0.6, hard_negative_mass=0.1, attached_weight=4.0)
+    [crop] = [x for x in masses.transforms if isinstance(x, RandNoduleBalancedCropd)]
+    assert (crop.positive_mass, crop.hard_negative_mass, crop.attached_weight) == (0.6, 0.1, 4.0)
 
 
 def test_phantom_labels_match_the_written_mask_and_the_analysis_grid(synth_cases):

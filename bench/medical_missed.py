@@ -30,7 +30,7 @@ def attached(inside: np.ndarray, scaled: np.ndarray, spacing_mm: float) -> bool:
     from apps.medical.transforms import NoduleBalancedSamplingd
 
     comp = inside.astype(np.int32)
-    return NoduleBalancedSamplingd(spacing_mm)._attached(comp, 1, ndimage.find_objects(comp)[0], scaled)
+    return NoduleBalancedSamplingd(spacing_mm).attached(comp, 1, ndimage.find_objects(comp)[0], scaled)
 
 
 def main() -> None:

@@ -184,14 +184,14 @@ def train_classifier(cfg: FprTrainConfig) -> dict:
     import torch
     from tqdm import tqdm
 
-    from .model import _case_dirs, update_checkpoint
+    from .model import _case_dirs
     from .pipeline import NoduleDetector
 
-    update_checkpoint(cfg.model_path, inference={"flip_tta": cfg.flip_tta})
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    detector = NoduleDetector(cfg.model_path, use_classifier=False)  # candidates as the first stage alone makes them
+    # Candidates as the first stage alone makes them, on the maps the pipeline will compute.
+    detector = NoduleDetector(cfg.model_path, use_classifier=False, flip_tta=cfg.flip_tta)
     patches, labels, stats = [], [], []
     for case in tqdm(_case_dirs(cfg.data_dir), desc="first-stage candidates"):
         x, y, st = collect_case(detector, case, cfg)
@@ -233,14 +233,15 @@ def train_classifier(cfg: FprTrainConfig) -> dict:
                "first_stage_candidates_per_case": round(float(np.mean([s["candidates"] for s in stats])), 2),
                "first_stage_nodules_missed": int(sum(s["nodules_missed"] for s in stats)),
                "data_dir": str(cfg.data_dir)}
-    save_classifier(cfg.model_path, net, cfg.classifier, summary)
+    save_classifier(cfg.model_path, net, cfg.classifier, summary, flip_tta=cfg.flip_tta)
     return summary
 
 
-def save_classifier(model_path: Path, net, cfg: CandidateClassifierConfig, summary: dict) -> None:
-    """Add the classifier to the segmentation checkpoint. Any operating point chosen before is dropped:
-    it was chosen for the old scores."""
+def save_classifier(model_path: Path, net, cfg: CandidateClassifierConfig, summary: dict, flip_tta: bool = False) -> None:
+    """Add the classifier to the segmentation checkpoint, with the first-stage setting it was trained on
+    (in one write: a failed training leaves the checkpoint as it was). Any operating point chosen before
+    is dropped: it was chosen for the old scores."""
     from .model import update_checkpoint
 
     update_checkpoint(model_path, classifier_state_dict=net.state_dict(), classifier_config=asdict(cfg),
-                      classifier_summary=summary, operating_point=None)
+                      classifier_summary=summary, operating_point=None, inference={"flip_tta": flip_tta})

@@ -49,8 +49,8 @@ class TrainConfig:
     positive_mass: float = 0.5
     """Share of patches centred on a nodule."""
     hard_negative_mass: float = 0.3
-    """Share centred on vessel-like voxels. With a second stage behind it the first stage's job is recall:
-    a lower share stops it learning that soft tissue joined to a vessel is vessel (docs/benchmarks/medical.md run 9)."""
+    """Share centred on vessel-like voxels (hard negatives). Lowering it to 0.1 to favour recall did worse on
+    every held-out figure (docs/benchmarks/medical.md run 9a)."""
     init_from: Path | None = None
     """Start from this checkpoint's weights (same ModelConfig): a second phase of training."""
     model: ModelConfig = ModelConfig()

@@ -47,7 +47,7 @@ class NoduleDetector:
     """The trained models applied to one volume: first-stage probability map, components measured into
     findings, and the second-stage classifier's scores when the checkpoint carries one."""
 
-    def __init__(self, model_path: Path, use_classifier: bool = True):
+    def __init__(self, model_path: Path, use_classifier: bool = True, flip_tta: bool | None = None):
         from .fpr import load_classifier
         from .model import checkpoint_entry, load_checkpoint
 
@@ -55,9 +55,12 @@ class NoduleDetector:
         self.classifier = load_classifier(model_path) if use_classifier else None
         point = checkpoint_entry(model_path, "operating_point") if use_classifier else None
         self.operating_threshold: float | None = point["threshold"] if point else None
-        # Recorded in the checkpoint (bench/medical.py --flip-tta) so that the second stage is trained and the
-        # operating point chosen on the same probability maps the pipeline later computes.
-        self.flip_tta = bool((checkpoint_entry(model_path, "inference") or {}).get("flip_tta", False))
+        # Recorded in the checkpoint with the second stage (``train-fpr --flip-tta``), so that the classifier is
+        # trained and the operating point chosen on the same probability maps the pipeline later computes.
+        # ``flip_tta`` overrides it only for training that second stage.
+        if flip_tta is None:
+            flip_tta = bool((checkpoint_entry(model_path, "inference") or {}).get("flip_tta", False))
+        self.flip_tta = flip_tta
 
     def canonical(self, hu_native: np.ndarray, native_affine: np.ndarray):
         """HU on the analysis grid (LPS, isotropic) and the network's scaled input."""

@@ -113,11 +113,12 @@ class NoduleBalancedSamplingd(Transform):
         d["nodule_voxels"] = np.flatnonzero(flat)[order].astype(np.int64)  # grouped by component
         d["nodule_sizes"] = np.bincount(flat, minlength=n + 1)[1:].astype(np.int64)
         d["hard_voxels"] = np.flatnonzero(hard.ravel()).astype(np.int64)
-        d["nodule_attached"] = np.array([self._attached(comp, k, box, image) for k, box in
+        d["nodule_attached"] = np.array([self.attached(comp, k, box, image) for k, box in
                                          enumerate(ndimage.find_objects(comp), start=1)], dtype=bool)
         return d
 
-    def _attached(self, comp: np.ndarray, k: int, box: tuple[slice, ...], image: np.ndarray) -> bool:
+    def attached(self, comp: np.ndarray, k: int, box: tuple[slice, ...], image: np.ndarray) -> bool:
+        """Whether component ``k`` of ``comp`` (bounding ``box``) has soft tissue 2-4 voxels off its surface."""
         from scipy import ndimage
 
         box = tuple(slice(max(sl.start - 6, 0), sl.stop + 6) for sl in box)

@@ -33,7 +33,6 @@ def test_tiny_training_runs_real_monai_and_predicts(tiny_medical_model, synth_ca
     assert prob.shape == tuple(item["image"].shape[1:]) and 0.0 <= prob.min() <= prob.max() <= 1.0
 
 
-
 def test_flip_tta_is_recorded_in_the_checkpoint_and_averages_the_mirrored_views(tiny_medical_model, synth_cases, tmp_path):
     import torch
 

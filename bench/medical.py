@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--flip-tta", action="store_true",
                         help="average the first stage over the volume and its 3 mirror images (recorded in the checkpoint; "
                              "the second stage must be trained on it: use a checkpoint without one)")
+    parser.add_argument("--blob-candidates", type=float, default=None, metavar="RESPONSE",
+                        help="second stage also trained on, and judging, the Hessian dot filter's blobs (apps/medical/blobs.py)")
     parser.add_argument("--skip-report", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -221,12 +223,13 @@ def main() -> None:
                           samples_per_case=args.samples, checkpoint_every=500,
                           model=ModelConfig(spacing_mm=args.spacing, patch=args.patch, channels=channels,
                                             strides=(2,) * (len(channels) - 1))))
-    if args.flip_tta and (not args.fpr_iterations or checkpoint_entry(model_path, "classifier_state_dict") is not None):
-        parser.error("--flip-tta needs a second stage trained on the averaged maps: --fpr-iterations N and a checkpoint without one")
+    if (args.flip_tta or args.blob_candidates is not None) and (not args.fpr_iterations or checkpoint_entry(model_path, "classifier_state_dict") is not None):
+        parser.error("--flip-tta/--blob-candidates need a second stage trained on them: --fpr-iterations N and a checkpoint without one")
     if args.fpr_iterations and checkpoint_entry(model_path, "classifier_state_dict") is None:
         fpr_dirs = _cases(work, f"fpr_s{args.fpr_seed}_{args.fpr_cases}", args.fpr_cases, args.fpr_seed, args.train_small_boost)
         train_classifier(FprTrainConfig(data_dir=fpr_dirs[0].parent, model_path=model_path, iterations=args.fpr_iterations,
-                                        postprocess=post, flip_tta=args.flip_tta))
+                                        postprocess=post, flip_tta=args.flip_tta,
+                                        blob_min_response=args.blob_candidates))
     train_meta = json.loads(model_path.with_suffix(".json").read_text())
     detector = NoduleDetector(model_path)
     cfg = EvalConfig(model_path=model_path, postprocess=post)
@@ -250,8 +253,10 @@ def main() -> None:
         "second_stage": train_meta.get("classifier_summary"),
         "operating_point": point,
         "candidate_threshold": post.threshold,
+        "blob_candidates": detector.blob_min_response,
         "validation": {k: validation[k] for k in keep},
         "inference_s_per_case_median": model_eval["inference_s_per_case_median"],
+        "candidates_s_per_case_median": model_eval["candidates_s_per_case_median"],
         "held_out": {k: v for k, v in model_eval.items() if k != "dice_per_nodule"},
         "held_out_first_8_cases": {k: first8[k] for k in keep},
         "baseline_hu_threshold": {k: base_eval[k] for k in ("cpm", "fp_per_scan", "sensitivity_by_size",

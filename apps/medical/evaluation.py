@@ -82,8 +82,10 @@ def evaluate_case(detector, case_dir: Path, cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     prob = detector.probability(scaled)
     seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
     candidates, _ = detector.findings(prob, hu_c, scaled, native_affine, native_shape, list(range(1, native_shape[2] + 1)),
                                       candidate_config(cfg.postprocess))
+    candidates_seconds = time.perf_counter() - t0  # components, blob filter, second stage
     hits_per_nodule = match_candidates(candidates, nodules, cfg.match_slack_mm)
     used = set().union(*hits_per_nodule) if hits_per_nodule else set()
     per_nodule = []
@@ -106,7 +108,8 @@ def evaluate_case(detector, case_dir: Path, cfg: EvalConfig) -> dict:
             record["resampled_mask_dice"] = round(_local_dice(legacy, exact[box]), 4)
         per_nodule.append(record)
     fp_scores = [f.score for i, f in enumerate(candidates) if i not in used]
-    return {"case": case_dir.name, "nodules": per_nodule, "fp_scores": fp_scores, "inference_s": round(seconds, 3)}
+    return {"case": case_dir.name, "nodules": per_nodule, "fp_scores": fp_scores, "inference_s": round(seconds, 3),
+            "candidates_s": round(candidates_seconds, 3)}
 
 
 def loosest_threshold(fp_scores: list[float], n_scans: int, fp_per_scan_limit: float = 1.0) -> float:
@@ -163,6 +166,8 @@ def summarise(cases: list[dict], cfg: EvalConfig) -> dict:
         "dice_per_nodule": [{k: n.get(k) for k in ("diameter_mm", "kind", "score", "dice", "dice_vs_resampled_mask")}
                             for n in nodules],
         "inference_s_per_case_median": round(float(np.median([c["inference_s"] for c in cases])), 3),
+        "candidates_s_per_case_median": (round(float(np.median([c["candidates_s"] for c in cases])), 3)
+                                         if all("candidates_s" in c for c in cases) else None),
     }
 
 

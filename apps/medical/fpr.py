@@ -56,6 +56,9 @@ class FprTrainConfig:
     flip_tta: bool = False
     """First stage averaged over the volume and its mirror images (``predict_probability``). Recorded in
     the checkpoint with the classifier: it learns on these maps, so the pipeline must compute the same."""
+    blob_min_response: float | None = None
+    """Also train on (and, recorded in the checkpoint, later judge) the Hessian dot filter's blob
+    candidates at this response (``blobs.py``): nodules against a vessel that the first stage misses."""
     classifier: CandidateClassifierConfig = field(default_factory=CandidateClassifierConfig)
 
 
@@ -191,7 +194,8 @@ def train_classifier(cfg: FprTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     # Candidates as the first stage alone makes them, on the maps the pipeline will compute.
-    detector = NoduleDetector(cfg.model_path, use_classifier=False, flip_tta=cfg.flip_tta)
+    detector = NoduleDetector(cfg.model_path, use_classifier=False, flip_tta=cfg.flip_tta,
+                              blob_min_response=cfg.blob_min_response)
     patches, labels, stats = [], [], []
     for case in tqdm(_case_dirs(cfg.data_dir), desc="first-stage candidates"):
         x, y, st = collect_case(detector, case, cfg)
@@ -233,15 +237,16 @@ def train_classifier(cfg: FprTrainConfig) -> dict:
                "first_stage_candidates_per_case": round(float(np.mean([s["candidates"] for s in stats])), 2),
                "first_stage_nodules_missed": int(sum(s["nodules_missed"] for s in stats)),
                "data_dir": str(cfg.data_dir)}
-    save_classifier(cfg.model_path, net, cfg.classifier, summary, flip_tta=cfg.flip_tta)
+    save_classifier(cfg.model_path, net, cfg.classifier, summary,
+                    inference={"flip_tta": cfg.flip_tta, "blob_min_response": cfg.blob_min_response})
     return summary
 
 
-def save_classifier(model_path: Path, net, cfg: CandidateClassifierConfig, summary: dict, flip_tta: bool = False) -> None:
-    """Add the classifier to the segmentation checkpoint, with the first-stage setting it was trained on
+def save_classifier(model_path: Path, net, cfg: CandidateClassifierConfig, summary: dict, inference: dict) -> None:
+    """Add the classifier to the segmentation checkpoint, with the candidate settings it was trained on
     (in one write: a failed training leaves the checkpoint as it was). Any operating point chosen before
     is dropped: it was chosen for the old scores."""
     from .model import update_checkpoint
 
     update_checkpoint(model_path, classifier_state_dict=net.state_dict(), classifier_config=asdict(cfg),
-                      classifier_summary=summary, operating_point=None, inference={"flip_tta": flip_tta})
+                      classifier_summary=summary, operating_point=None, inference=inference)

@@ -47,7 +47,8 @@ class NoduleDetector:
     """The trained models applied to one volume: first-stage probability map, components measured into
     findings, and the second-stage classifier's scores when the checkpoint carries one."""
 
-    def __init__(self, model_path: Path, use_classifier: bool = True, flip_tta: bool | None = None):
+    def __init__(self, model_path: Path, use_classifier: bool = True, flip_tta: bool | None = None,
+                 blob_min_response: float | None = None):
         from .fpr import load_classifier
         from .model import checkpoint_entry, load_checkpoint
 
@@ -57,10 +58,11 @@ class NoduleDetector:
         self.operating_threshold: float | None = point["threshold"] if point else None
         # Recorded in the checkpoint with the second stage (``train-fpr --flip-tta``), so that the classifier is
         # trained and the operating point chosen on the same probability maps the pipeline later computes.
-        # ``flip_tta`` overrides it only for training that second stage.
-        if flip_tta is None:
-            flip_tta = bool((checkpoint_entry(model_path, "inference") or {}).get("flip_tta", False))
-        self.flip_tta = flip_tta
+        # ``flip_tta`` overrides it only for training that second stage. The same holds for the blob
+        # candidates (``train-fpr --blob-candidates``): the classifier is only trained to judge those it has seen.
+        recorded = (checkpoint_entry(model_path, "inference") or {}) if use_classifier else {}
+        self.flip_tta = bool(recorded.get("flip_tta", False)) if flip_tta is None else flip_tta
+        self.blob_min_response = recorded.get("blob_min_response") if blob_min_response is None else blob_min_response
 
     def canonical(self, hu_native: np.ndarray, native_affine: np.ndarray):
         """HU on the analysis grid (LPS, isotropic) and the network's scaled input."""
@@ -79,6 +81,8 @@ class NoduleDetector:
         affine_c = np.asarray(hu_c.affine, dtype=float)
         if cfg.min_score is None and self.operating_threshold is not None:
             cfg = dataclasses.replace(cfg, min_score=self.operating_threshold)
+        if cfg.blob_min_response is None and self.blob_min_response is not None:
+            cfg = dataclasses.replace(cfg, blob_min_response=self.blob_min_response)
         rescore = None
         if self.classifier is not None:
             rescore = lambda found: self.classifier.rescore(found, scaled, prob, affine_c)  # noqa: E731

@@ -34,6 +34,10 @@ class PostprocessConfig:
     max_findings: int = 30        # keep the most confident ones; more is a failed scan, not a report
     elongation_free: float = 1.6  # nodules (axis ratio 0.8-1.0, partial volume) stay below this
     elongation_penalty: float = 1.5
+    blob_min_response: float | None = None
+    """Also propose the bright round blobs the Hessian dot filter finds (``blobs.py``) at this response;
+    None: the network's components only. Only useful with a second stage trained on the same candidates,
+    so ``train-fpr --blob-candidates`` records it in the checkpoint and the pipeline reads it from there."""
     min_score: float | None = None
     """Report only findings whose score reaches this. None: the operating point stored in the checkpoint
     (chosen on a validation seed, see ``dsv medical eval --set-operating-point``), else 0.5."""
@@ -100,6 +104,21 @@ def shape_weight(elong: float, cfg: PostprocessConfig) -> float:
     return float(np.exp(-cfg.elongation_penalty * max(0.0, elong - cfg.elongation_free)))
 
 
+def _add_blob_candidates(comp: np.ndarray, hu: np.ndarray, voxel_mm: float, min_response: float, min_voxels: int) -> None:
+    """Label the dot filter's blobs that no network component already covers as further components."""
+    from .blobs import BlobConfig, blob_region, dot_candidates
+
+    points, radii = dot_candidates(hu, voxel_mm, BlobConfig(min_response=min_response))
+    next_id = int(comp.max()) + 1
+    for point, radius in zip(points, radii):
+        if comp[tuple(point)]:
+            continue
+        region = blob_region(hu, voxel_mm, point, radius, comp)
+        if len(region) >= min_voxels:
+            comp.flat[region] = next_id
+            next_id += 1
+
+
 def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, native_affine: np.ndarray,
                      native_shape: tuple[int, int, int], image_numbers: list[int],
                      cfg: PostprocessConfig = PostprocessConfig(), rescore=None) -> tuple[list[Finding], np.ndarray]:
@@ -117,6 +136,9 @@ def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, nativ
     small = sizes < min_voxels
     small[0] = False
     comp[small[comp]] = 0  # too small to be a reportable nodule
+    first_blob = int(comp.max()) + 1  # labels from here on are blob candidates
+    if cfg.blob_min_response is not None:
+        _add_blob_candidates(comp, hu, voxel_mm, cfg.blob_min_response, min_voxels)
     # Patient side and zone relative to the scanned volume (the scan is centred on the chest).
     corners = np.array([[i, j, k, 1] for i in (0, native_shape[0] - 1) for j in (0, native_shape[1] - 1)
                         for k in (0, native_shape[2] - 1)], dtype=float) @ native_affine.T
@@ -130,7 +152,8 @@ def extract_findings(prob: np.ndarray, hu: np.ndarray, affine: np.ndarray, nativ
             continue
         component = comp[box] == idx
         peak = float(prob[box][component].max())
-        local = component & (prob[box] > min(cfg.segmentation_threshold, peak / 2))
+        # A blob candidate (where the network sees next to nothing) is measured on the region it claimed.
+        local = component if idx >= first_blob else component & (prob[box] > min(cfg.segmentation_threshold, peak / 2))
         measured[idx] = (box, local)
         offset = np.array([sl.start for sl in box])
         vox = np.argwhere(local) + offset

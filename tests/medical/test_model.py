@@ -47,7 +47,8 @@ def test_flip_tta_is_recorded_in_the_checkpoint_and_averages_the_mirrored_views(
     # The second stage learns on the averaged maps, so training it with flip_tta records the setting.
     train_classifier(FprTrainConfig(data_dir=data, model_path=model, iterations=1, batch=4, flip_tta=True))
     tta = NoduleDetector(model)
-    assert tta.flip_tta is True and json.loads(model.with_suffix(".json").read_text())["inference"] == {"flip_tta": True}
+    recorded = json.loads(model.with_suffix(".json").read_text())["inference"]
+    assert tta.flip_tta is True and recorded == {"flip_tta": True, "blob_min_response": None}
     update_checkpoint(model, inference={"flip_tta": False})
     plain = NoduleDetector(model)
     assert plain.flip_tta is False
@@ -60,6 +61,34 @@ def test_flip_tta_is_recorded_in_the_checkpoint_and_averages_the_mirrored_views(
     views = [single] + [np.flip(predict_probability(plain.net, torch.flip(scaled.as_tensor(), (axis,)), plain.model_cfg), axis - 1)
                         for axis in (1, 2, 3)]
     np.testing.assert_allclose(averaged, np.mean(views, axis=0), atol=1e-5)
+
+
+def test_blob_candidates_are_recorded_with_the_second_stage_that_learnt_them(tiny_medical_model, synth_cases, tmp_path):
+    from apps.medical.fpr import FprTrainConfig, train_classifier
+    from apps.medical.model import load_case
+    from apps.medical.pipeline import NoduleDetector
+    from apps.medical.postprocess import candidate_config
+
+    model = tmp_path / "model.pt"
+    shutil.copy(tiny_medical_model[0], model)
+    data, records = synth_cases
+    train_classifier(FprTrainConfig(data_dir=data, model_path=model, iterations=1, batch=4, blob_min_response=5.0))
+    detector = NoduleDetector(model)
+    assert detector.blob_min_response == 5.0 and detector.flip_tta is False
+    # Without the second stage nothing could judge the blobs, so the first stage alone does not propose them.
+    first_stage = NoduleDetector(model, use_classifier=False)
+    assert first_stage.blob_min_response is None
+    item = load_case(data / records[0]["case_id"], native_label=False)
+    native_affine, shape = np.asarray(item["image"].affine, dtype=float), tuple(item["image"].shape[1:])
+    hu_c, scaled = detector.canonical(item["image"][0].numpy(), native_affine)
+    # A first stage that sees nothing (the 3-iteration model here sees everything, which hides any blob)
+    silent = np.zeros(tuple(scaled.shape[1:]), dtype=np.float32)
+    numbers = list(range(1, shape[2] + 1))
+    with_blobs, _ = detector.findings(silent, hu_c, scaled, native_affine, shape, numbers, candidate_config())
+    without, _ = first_stage.findings(silent, hu_c, scaled, native_affine, shape, numbers, candidate_config())
+    # The synthetic case's nodules are bright blobs: the filter proposes them, and the second stage scores them.
+    assert without == [] and len(with_blobs) >= 1
+    assert all(f.classifier_probability is not None for f in with_blobs)
 
 
 def test_train_command_under_torchrun_ddp(synth_cases, tmp_path):

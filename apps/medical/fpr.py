@@ -115,7 +115,11 @@ def load_classifier(path: Path) -> CandidateClassifier | None:
     """The classifier stored in a segmentation checkpoint, or None if it has none."""
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return classifier_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def classifier_from_checkpoint(ckpt: dict) -> CandidateClassifier | None:
+    """``load_classifier`` on a checkpoint already read (the detector reads it once for all its parts)."""
     if ckpt.get("classifier_state_dict") is None:
         return None
     raw = ckpt["classifier_config"]

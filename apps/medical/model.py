@@ -247,14 +247,23 @@ def checkpoint_entry(path: Path, key: str):
     return torch.load(path, map_location="cpu", weights_only=True).get(key)
 
 
-def load_checkpoint(path: Path):
+def read_checkpoint(path: Path) -> dict:
+    """The whole checkpoint (first stage, and any second stage and settings recorded with it)."""
     import torch
 
     from shared.io import InputError
 
     if not Path(path).exists():
         raise InputError(f"{path}: model checkpoint not found (train one with `dsv medical train`)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: Path):
+    return network_from_checkpoint(read_checkpoint(path))
+
+
+def network_from_checkpoint(ckpt: dict):
+    """The first-stage network (eval mode) and its config from a checkpoint already read."""
     raw = ckpt["model_config"]
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     net = build_network(cfg)

@@ -49,18 +49,19 @@ class NoduleDetector:
 
     def __init__(self, model_path: Path, use_classifier: bool = True, flip_tta: bool | None = None,
                  blob_min_response: float | None = None):
-        from .fpr import load_classifier
-        from .model import checkpoint_entry, load_checkpoint
+        from .fpr import classifier_from_checkpoint
+        from .model import network_from_checkpoint, read_checkpoint
 
-        self.net, self.model_cfg = load_checkpoint(model_path)
-        self.classifier = load_classifier(model_path) if use_classifier else None
-        point = checkpoint_entry(model_path, "operating_point") if use_classifier else None
+        ckpt = read_checkpoint(model_path)  # once: every part below comes from the same file
+        self.net, self.model_cfg = network_from_checkpoint(ckpt)
+        self.classifier = classifier_from_checkpoint(ckpt) if use_classifier else None
+        point = ckpt.get("operating_point") if use_classifier else None
         self.operating_threshold: float | None = point["threshold"] if point else None
         # Recorded in the checkpoint with the second stage (``train-fpr --flip-tta``), so that the classifier is
         # trained and the operating point chosen on the same probability maps the pipeline later computes.
         # ``flip_tta`` overrides it only for training that second stage. The same holds for the blob
         # candidates (``train-fpr --blob-candidates``): the classifier is only trained to judge those it has seen.
-        recorded = (checkpoint_entry(model_path, "inference") or {}) if use_classifier else {}
+        recorded = (ckpt.get("inference") or {}) if use_classifier else {}
         self.flip_tta = bool(recorded.get("flip_tta", False)) if flip_tta is None else flip_tta
         self.blob_min_response = recorded.get("blob_min_response") if blob_min_response is None else blob_min_response
 

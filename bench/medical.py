@@ -194,6 +194,8 @@ def main() -> None:
                              "the second stage must be trained on it: use a checkpoint without one)")
     parser.add_argument("--blob-candidates", type=float, default=None, metavar="RESPONSE",
                         help="second stage also trained on, and judging, the Hessian dot filter's blobs (apps/medical/blobs.py)")
+    parser.add_argument("--probability-dropout", type=float, default=0.0, metavar="FRACTION",
+                        help="second stage trained with this fraction of its patches' probability channel blanked")
     parser.add_argument("--skip-report", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -229,7 +231,8 @@ def main() -> None:
         fpr_dirs = _cases(work, f"fpr_s{args.fpr_seed}_{args.fpr_cases}", args.fpr_cases, args.fpr_seed, args.train_small_boost)
         train_classifier(FprTrainConfig(data_dir=fpr_dirs[0].parent, model_path=model_path, iterations=args.fpr_iterations,
                                         postprocess=post, flip_tta=args.flip_tta,
-                                        blob_min_response=args.blob_candidates))
+                                        blob_min_response=args.blob_candidates,
+                                        probability_dropout=args.probability_dropout))
     train_meta = json.loads(model_path.with_suffix(".json").read_text())
     detector = NoduleDetector(model_path)
     cfg = EvalConfig(model_path=model_path, postprocess=post)

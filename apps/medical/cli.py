@@ -56,7 +56,7 @@ def cmd_train_fpr(args, settings) -> int:
 
     cfg = FprTrainConfig(data_dir=Path(args.data), model_path=_model_path(args, settings), iterations=args.iterations,
                          seed=args.seed, max_seconds=args.max_seconds, flip_tta=args.flip_tta,
-                         blob_min_response=args.blob_candidates)
+                         blob_min_response=args.blob_candidates, probability_dropout=args.probability_dropout)
     print(json.dumps({"model": str(cfg.model_path), "classifier": train_classifier(cfg)}))
     return 0
 
@@ -157,9 +157,12 @@ def register(subparsers) -> None:
                    help="first stage averaged over the volume and its 3 mirror images, here and from then on in the "
                         "pipeline (4x the inference time; measured in docs/benchmarks/medical.md)")
     p.add_argument("--blob-candidates", type=float, default=None, metavar="RESPONSE",
-                   help="also propose the bright round blobs of the Hessian dot filter at this response (2.5 measured "
-                        "best), train on them, and from then on propose them in the pipeline: small nodules "
-                        "against a vessel that the first stage misses (~0.8 s a case)")
+                   help="also propose the bright round blobs of the Hessian dot filter at this response (10 measured, "
+                        "with --probability-dropout 0.5), train on them, and from then on propose them in the "
+                        "pipeline: small nodules against a vessel that the first stage misses (~1 s a case)")
+    p.add_argument("--probability-dropout", type=float, default=0.0, metavar="FRACTION",
+                   help="blank the first-stage probability channel of this fraction of training patches, so that the "
+                        "classifier judges the CT itself (what blob candidates, with ~0 probability, need)")
 
     p = add_command(group, "segment", cmd_segment, "Find CT series in a DICOM folder (any depth) and write findings.json, DICOM-SEG and a verified report per series")
     p.add_argument("folder", help="folder of DICOM files, any depth and file names")

@@ -59,6 +59,10 @@ class FprTrainConfig:
     blob_min_response: float | None = None
     """Also train on (and, recorded in the checkpoint, later judge) the Hessian dot filter's blob
     candidates at this response (``blobs.py``): nodules against a vessel that the first stage misses."""
+    probability_dropout: float = 0.0
+    """Fraction of training patches whose probability channel is blanked, whatever their label: blob
+    candidates come with a ~0 probability, and without this the classifier learns that ~0 means "not a
+    nodule" from the network's own candidates, instead of judging the CT (run 12)."""
     classifier: CandidateClassifierConfig = field(default_factory=CandidateClassifierConfig)
 
 
@@ -187,6 +191,13 @@ def _augment(batch, rng: np.random.Generator, patch: int, margin: int):
     return torch.stack(out)
 
 
+def blank_probability(batch, rng: np.random.Generator, fraction: float):
+    """Zero the probability channel (1) of about ``fraction`` of the patches, in place; the CT is kept."""
+    if fraction:
+        batch[rng.uniform(size=len(batch)) < fraction, 1] = 0.0
+    return batch
+
+
 def train_classifier(cfg: FprTrainConfig) -> dict:
     import torch
     from tqdm import tqdm
@@ -225,6 +236,7 @@ def train_classifier(cfg: FprTrainConfig) -> dict:
         # Balanced batches: negatives outnumber positives several times over.
         idx = np.r_[rng.choice(pos, cfg.batch // 2), rng.choice(neg, cfg.batch - cfg.batch // 2)]
         xb = _augment(torch.as_tensor(x_all[idx]).float(), rng, cfg.classifier.patch, cfg.jitter_voxels)
+        blank_probability(xb, rng, cfg.probability_dropout)
         loss = loss_fn(net(xb)[:, 0], torch.as_tensor(y_all[idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from apps.medical.blobs import dot_candidates
+from apps.medical.blobs import BlobConfig, dot_candidates
 from apps.medical.postprocess import PostprocessConfig, extract_findings
 
 VOXEL_MM = 0.7
@@ -47,7 +47,7 @@ def test_dot_filter_finds_the_nodule_on_a_vessel_and_never_the_vessel_itself():
 def test_blob_candidates_become_findings_measured_on_their_own_region(blobs):
     hu = _phantom(with_nodule=True)
     prob = np.zeros(SHAPE, dtype=np.float32)  # the network's miss: it sees nothing there
-    cfg = PostprocessConfig(blob_min_response=5.0 if blobs else None, min_score=0.0)
+    cfg = PostprocessConfig(blob_min_response=BlobConfig().min_response if blobs else None, min_score=0.0)
     findings, labels = extract_findings(prob, hu, _affine(), _affine(), SHAPE, list(range(1, 65)), cfg)
     if not blobs:
         assert findings == [] and not labels.any()

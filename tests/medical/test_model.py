@@ -304,6 +304,22 @@ def test_candidate_patches_are_centred_and_zero_outside():
     assert patches[1, 0, 4, 4, 4] == scaled[0, 0, 0] and (patches[1, :, :4] == 0).all()  # outside the volume
 
 
+def test_probability_dropout_blanks_the_probability_channel_of_some_patches_only():
+    import torch
+
+    from apps.medical.fpr import blank_probability
+
+    rng = np.random.default_rng(0)
+    batch = torch.as_tensor(rng.uniform(0.1, 1.0, (200, 2, 4, 4, 4)).astype(np.float32))
+    ct = batch[:, 0].clone()
+    assert torch.equal(blank_probability(batch.clone(), rng, 0.0), batch)
+    blanked = blank_probability(batch.clone(), rng, 0.5)
+    zeroed = (blanked[:, 1] == 0).flatten(1).all(1)
+    assert 60 <= int(zeroed.sum()) <= 140 and torch.equal(blanked[~zeroed, 1], batch[~zeroed, 1])
+    assert torch.equal(blanked[:, 0], ct)
+    assert (blank_probability(batch.clone(), rng, 1.0)[:, 1] == 0).all()
+
+
 def test_second_stage_trains_into_the_checkpoint_and_rescores(tiny_medical_model, synth_cases, tmp_path):
     from apps.medical.fpr import FprTrainConfig, load_classifier, train_classifier
     from apps.medical.pipeline import NoduleDetector

@@ -196,6 +196,12 @@ def main() -> None:
                         help="second stage also trained on, and judging, the Hessian dot filter's blobs (apps/medical/blobs.py)")
     parser.add_argument("--probability-dropout", type=float, default=0.0, metavar="FRACTION",
                         help="second stage trained with this fraction of its patches' probability channel blanked")
+    parser.add_argument("--fpr-context", type=int, default=1, metavar="K",
+                        help="second stage also sees a K times larger cube around each candidate (train-fpr --context)")
+    parser.add_argument("--fpr-classifier-seed", type=int, default=0,
+                        help="the second stage's random seed (initialisation, batches)")
+    parser.add_argument("--fpr-ensemble", type=int, default=1, metavar="N",
+                        help="second stage: N classifiers averaged (train-fpr --ensemble)")
     parser.add_argument("--skip-report", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -204,7 +210,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from apps.medical.evaluation import EvalConfig, evaluate_case, store_operating_point, summarise
-    from apps.medical.fpr import FprTrainConfig, train_classifier
+    from apps.medical.fpr import CandidateClassifierConfig, FprTrainConfig, train_classifier
     from apps.medical.model import ModelConfig, TrainConfig, checkpoint_entry, train
     from apps.medical.pipeline import NoduleDetector
     from apps.medical.postprocess import PostprocessConfig
@@ -232,7 +238,9 @@ def main() -> None:
         train_classifier(FprTrainConfig(data_dir=fpr_dirs[0].parent, model_path=model_path, iterations=args.fpr_iterations,
                                         postprocess=post, flip_tta=args.flip_tta,
                                         blob_min_response=args.blob_candidates,
-                                        probability_dropout=args.probability_dropout))
+                                        probability_dropout=args.probability_dropout,
+                                        seed=args.fpr_classifier_seed, ensemble=args.fpr_ensemble,
+                                        classifier=CandidateClassifierConfig(context=args.fpr_context)))
     train_meta = json.loads(model_path.with_suffix(".json").read_text())
     detector = NoduleDetector(model_path)
     cfg = EvalConfig(model_path=model_path, postprocess=post)

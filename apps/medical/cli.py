@@ -52,11 +52,12 @@ def cmd_train(args, settings) -> int:
 
 
 def cmd_train_fpr(args, settings) -> int:
-    from .fpr import FprTrainConfig, train_classifier
+    from .fpr import CandidateClassifierConfig, FprTrainConfig, train_classifier
 
     cfg = FprTrainConfig(data_dir=Path(args.data), model_path=_model_path(args, settings), iterations=args.iterations,
                          seed=args.seed, max_seconds=args.max_seconds, flip_tta=args.flip_tta,
-                         blob_min_response=args.blob_candidates, probability_dropout=args.probability_dropout)
+                         blob_min_response=args.blob_candidates, probability_dropout=args.probability_dropout,
+                         ensemble=args.ensemble, classifier=CandidateClassifierConfig(context=args.context))
     print(json.dumps({"model": str(cfg.model_path), "classifier": train_classifier(cfg)}))
     return 0
 
@@ -163,6 +164,12 @@ def register(subparsers) -> None:
     p.add_argument("--probability-dropout", type=float, default=0.0, metavar="FRACTION",
                    help="blank the first-stage probability channel of this fraction of training patches, so that the "
                         "classifier judges the CT itself (what blob candidates, with ~0 probability, need)")
+    p.add_argument("--context", type=int, default=1, metavar="K",
+                   help="also show the classifier a K times larger cube around each candidate, averaged down to the "
+                        "patch size (2: 44 mm at 1.4 mm next to 22 mm at 0.7 mm); 1 = the 22 mm patch alone")
+    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="train N classifiers (seeds SEED..SEED+N-1) on the same candidates and average their "
+                        "probabilities in the pipeline (N x the training and second-stage time)")
 
     p = add_command(group, "segment", cmd_segment, "Find CT series in a DICOM folder (any depth) and write findings.json, DICOM-SEG and a verified report per series")
     p.add_argument("folder", help="folder of DICOM files, any depth and file names")

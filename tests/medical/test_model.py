@@ -63,8 +63,8 @@ def test_flip_tta_is_recorded_in_the_checkpoint_and_averages_the_mirrored_views(
     np.testing.assert_allclose(averaged, np.mean(views, axis=0), atol=1e-5)
 
 
-def test_blob_candidates_are_recorded_with_the_second_stage_that_learnt_them(tiny_medical_model, synth_cases, tmp_path):
-    from apps.medical.fpr import FprTrainConfig, train_classifier
+def test_blob_candidates_and_context_are_recorded_with_the_second_stage_that_learnt_them(tiny_medical_model, synth_cases, tmp_path):
+    from apps.medical.fpr import CandidateClassifierConfig, FprTrainConfig, train_classifier
     from apps.medical.model import load_case
     from apps.medical.pipeline import NoduleDetector
     from apps.medical.postprocess import candidate_config
@@ -72,9 +72,12 @@ def test_blob_candidates_are_recorded_with_the_second_stage_that_learnt_them(tin
     model = tmp_path / "model.pt"
     shutil.copy(tiny_medical_model[0], model)
     data, records = synth_cases
-    train_classifier(FprTrainConfig(data_dir=data, model_path=model, iterations=1, batch=4, blob_min_response=5.0))
+    train_classifier(FprTrainConfig(data_dir=data, model_path=model, iterations=1, batch=4, blob_min_response=5.0,
+                                    ensemble=2, classifier=CandidateClassifierConfig(context=2)))
     detector = NoduleDetector(model)
     assert detector.blob_min_response == 5.0 and detector.flip_tta is False
+    assert detector.classifier.cfg.context == 2 and detector.classifier.cfg.in_channels == 4
+    assert [m["seed"] for m in json.loads(model.with_suffix(".json").read_text())["classifier_summary"]["ensemble"]] == [0, 1]
     # Without the second stage nothing could judge the blobs, so the first stage alone does not propose them.
     first_stage = NoduleDetector(model, use_classifier=False)
     assert first_stage.blob_min_response is None
@@ -89,6 +92,15 @@ def test_blob_candidates_are_recorded_with_the_second_stage_that_learnt_them(tin
     # The synthetic case's nodules are bright blobs: the filter proposes them, and the second stage scores them.
     assert without == [] and len(with_blobs) >= 1
     assert all(f.classifier_probability is not None for f in with_blobs)
+    # The ensemble's score is the mean of its two members' probabilities.
+    from apps.medical.fpr import CandidateClassifier, _to_voxels
+
+    members = detector.classifier.nets
+    assert len(members) == 2
+    centres = _to_voxels([f.center_mm for f in with_blobs], np.asarray(hu_c.affine, dtype=float))
+    each = [CandidateClassifier([m], detector.classifier.cfg).probabilities(scaled.numpy()[0], silent, centres)
+            for m in members]
+    np.testing.assert_allclose([f.score for f in with_blobs], np.mean(each, axis=0), rtol=1e-6)
 
 
 def test_train_command_under_torchrun_ddp(synth_cases, tmp_path):
@@ -304,6 +316,41 @@ def test_candidate_patches_are_centred_and_zero_outside():
     assert patches[1, 0, 4, 4, 4] == scaled[0, 0, 0] and (patches[1, :, :4] == 0).all()  # outside the volume
 
 
+def test_context_view_is_the_block_mean_of_a_larger_cube_around_the_same_centre():
+    import torch
+
+    from apps.medical.fpr import _augment, candidate_patches
+
+    rng = np.random.default_rng(1)
+    scaled = rng.normal(size=(30, 32, 34)).astype(np.float32)
+    prob = rng.uniform(size=scaled.shape).astype(np.float32)
+    centre = np.array([15, 16, 17])
+    patches = candidate_patches(scaled, prob, centre[None], patch=8, context=2)
+    assert patches.shape == (1, 4, 8, 8, 8)
+    assert np.array_equal(patches[:, :2], candidate_patches(scaled, prob, centre[None], patch=8))  # fine view unchanged
+    # coarse voxel (4, 4, 4) averages the 2^3 fine voxels from the centre up; (0, 0, 0) the block 8 voxels below
+    for view, source in ((2, scaled), (3, prob)):
+        assert patches[0, view, 4, 4, 4] == pytest.approx(source[15:17, 16:18, 17:19].mean(), abs=1e-6)
+        assert patches[0, view, 0, 0, 0] == pytest.approx(source[7:9, 8:10, 9:11].mean(), abs=1e-6)
+    # a shift in training moves both views together: no shift and no turn keeps the centres where they were
+    margin = 2
+    wide = candidate_patches(scaled, prob, centre[None], patch=8 + 2 * margin, context=2)
+
+    class Centred:  # the generator _augment draws from, pinned to "no shift, no flip, no turn"
+        def integers(self, low, high=None, size=None):
+            return np.full(size, margin) if size is not None else 0
+
+        def uniform(self):
+            return 1.0
+
+    out = _augment(torch.as_tensor(wide), Centred(), patch=8, margin=margin, context=2)
+    assert np.allclose(out.numpy(), patches)
+    with pytest.raises(ValueError, match="context"):
+        from apps.medical.fpr import CandidateClassifierConfig
+
+        CandidateClassifierConfig(context=0)
+
+
 def test_probability_dropout_blanks_the_probability_channel_of_some_patches_only():
     import torch
 
@@ -318,6 +365,9 @@ def test_probability_dropout_blanks_the_probability_channel_of_some_patches_only
     assert 60 <= int(zeroed.sum()) <= 140 and torch.equal(blanked[~zeroed, 1], batch[~zeroed, 1])
     assert torch.equal(blanked[:, 0], ct)
     assert (blank_probability(batch.clone(), rng, 1.0)[:, 1] == 0).all()
+    with_context = torch.ones(50, 4, 2, 2, 2)
+    blanked = blank_probability(with_context, rng, 1.0)
+    assert (blanked[:, 1::2] == 0).all() and (blanked[:, 0::2] == 1).all()  # both probability views, no CT
 
 
 def test_second_stage_trains_into_the_checkpoint_and_rescores(tiny_medical_model, synth_cases, tmp_path):

@@ -111,18 +111,39 @@ def test_two_processes_split_the_partitions(broker, fin_model):
     assert {m.key().decode() for m in scores} == {r["tx_id"] for r in records}
 
 
+def _feed_until(bootstrap: str, records: list[dict], stop: threading.Event, sent: list[int], chunk: int = 100) -> None:
+    """Produce ``records`` in small paced chunks, as a live stream arrives, until done or ``stop`` is set;
+    ``sent`` holds how many went in."""
+    for start in range(0, len(records), chunk):
+        if stop.is_set():
+            return
+        produce_records(bootstrap, TOPIC_TX, records[start:start + chunk])
+        sent[0] = start + len(records[start:start + chunk])
+        time.sleep(0.02)
+
+
 def test_kill_9_mid_stream_then_restart_loses_nothing(broker, fin_model, capsys):
     records = synthetic_records(6000, seed=13)
     group = unique("crash")
-    produce_records(broker.bootstrap, TOPIC_TX, records)
+    # The kill must land while data is flowing, on any machine: a scorer scores 6,000 transactions in a
+    # fraction of a second, faster than a test can watch the output topic, so the stream is fed live and
+    # its tail goes in only after the kill.
+    head, live, tail = records[:1500], records[1500:5000], records[5000:]
+    produce_records(broker.bootstrap, TOPIC_TX, head)
     # A static member id, as a StatefulSet pod would have: the restart takes the partitions back at once.
     first = scorer_process(broker.bootstrap, fin_model, group, "--instance-id", "scorer-0")
-    # Kill -9 as soon as some (not all) outputs are written.
     assert wait_until(lambda: topic_size(broker.bootstrap, TOPIC_SCORES) >= 1000, 60, 0.05)
+    killed, sent = threading.Event(), [0]
+    feeder = threading.Thread(target=_feed_until, args=(broker.bootstrap, live, killed, sent), daemon=True)
+    feeder.start()
+    time.sleep(0.5)  # batches of the live feed are being scored when the kill lands
     first.kill()
     first.wait()
+    killed.set()
+    feeder.join(30)
     partial = topic_size(broker.bootstrap, TOPIC_SCORES)
-    assert partial < len(records), "the kill must land mid-stream for this test to mean anything"
+    assert 1000 <= partial < len(records)
+    produce_records(broker.bootstrap, TOPIC_TX, live[sent[0]:] + tail)
     second = scorer_process(broker.bootstrap, fin_model, group, "--instance-id", "scorer-0", "--idle-exit", "4")
     second.communicate(timeout=90)
     scores = read_until_keys(broker.bootstrap, TOPIC_SCORES, {r["tx_id"] for r in records}, timeout_s=20)

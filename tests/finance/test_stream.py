@@ -117,8 +117,9 @@ def _feed_until(bootstrap: str, records: list[dict], stop: threading.Event, sent
     for start in range(0, len(records), chunk):
         if stop.is_set():
             return
-        produce_records(bootstrap, TOPIC_TX, records[start:start + chunk])
-        sent[0] = start + len(records[start:start + chunk])
+        batch = records[start:start + chunk]
+        produce_records(bootstrap, TOPIC_TX, batch)
+        sent[0] = start + len(batch)
         time.sleep(0.02)
 
 

@@ -242,9 +242,11 @@ def update_checkpoint(path: Path, **entries) -> None:
 
 
 def checkpoint_entry(path: Path, key: str):
+    """One entry of a checkpoint; memory-mapped, so that asking whether a second stage is there does not
+    read the whole first stage's weights."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True).get(key)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(key)
 
 
 def read_checkpoint(path: Path) -> dict:

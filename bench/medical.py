@@ -142,11 +142,13 @@ def _cases(work: Path, name: str, n: int, seed: int, boost: float) -> list[Path]
     from apps.medical.data import SynthConfig, generate_cases
 
     folder = work / name
-    found = sorted(p.parent.parent for p in folder.glob("*/truth/nodules.json"))
-    if len(found) < n:  # none yet, or fewer than asked for: case i depends only on (seed, i), so write all n
+
+    def written() -> list[Path]:
+        return sorted(p.parent.parent for p in folder.glob("*/truth/nodules.json"))
+
+    if len(written()) < n:  # none yet, or fewer than asked for: case i depends only on (seed, i), so write all n
         generate_cases(folder, n, seed=seed, config=SynthConfig(small_nodule_boost=boost))
-        found = sorted(p.parent.parent for p in folder.glob("*/truth/nodules.json"))
-    return found[:n]
+    return written()[:n]
 
 
 def never_proposed(per_case: list[dict]) -> dict:
@@ -164,10 +166,13 @@ def never_proposed(per_case: list[dict]) -> dict:
     return dict(sorted(out.items()))
 
 
-def small_nodule_ranks(per_case: list[dict], below_mm: float = 5.0) -> list[dict]:
-    """Every held-out nodule under ``below_mm``: its score and the false positives a scan (over the whole
-    held-out set) that must be accepted to find it; None = never proposed. The < 5 mm goal counts those
-    found at <= 1 FP/scan, so this says which ones stand between the figure and the goal, and how far."""
+def small_nodule_ranks(per_case: list[dict]) -> list[dict]:
+    """Every held-out nodule in the smallest size bin (< 5 mm): its score and the false positives a scan
+    (over the whole held-out set) that must be accepted to find it; None = never proposed. The < 5 mm goal
+    counts those found at <= 1 FP/scan, so this says which ones stand between the figure and the goal."""
+    from apps.medical.evaluation import SIZE_BINS
+
+    _, _, below_mm = SIZE_BINS[0]  # the bin behind sensitivity_by_size's "lt5mm"
     fp_scores = np.sort(np.array([s for c in per_case for s in c["fp_scores"]], dtype=float))
     rows = []
     for case in per_case:

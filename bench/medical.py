@@ -138,7 +138,8 @@ def time_reports(findings_sets, client) -> dict:
             "llm_released_share": round(released.count("llm:medical") / n, 3)}
 
 
-def _cases(work: Path, name: str, n: int, seed: int, boost: float) -> list[Path]:
+def _cases(work: Path, name: str, n: int, seed: int, boost: float, **synth) -> list[Path]:
+    """``n`` synthetic cases of ``seed`` in ``work/name`` (written if missing); ``synth``: more SynthConfig fields."""
     from apps.medical.data import SynthConfig, generate_cases
 
     folder = work / name
@@ -147,8 +148,18 @@ def _cases(work: Path, name: str, n: int, seed: int, boost: float) -> list[Path]
         return sorted(p.parent.parent for p in folder.glob("*/truth/nodules.json"))
 
     if len(written()) < n:  # none yet, or fewer than asked for: case i depends only on (seed, i), so write all n
-        generate_cases(folder, n, seed=seed, config=SynthConfig(small_nodule_boost=boost))
+        generate_cases(folder, n, seed=seed, config=SynthConfig(small_nodule_boost=boost, **synth))
     return written()[:n]
+
+
+def _joined(work: Path, parts: list[list[Path]]) -> Path:
+    """One folder of links to the cases of several sets (the second stage reads one folder)."""
+    folder = work / "+".join(p[0].parent.name for p in parts)
+    folder.mkdir(exist_ok=True)
+    for case in (c for part in parts for c in part):
+        if not (folder / case.name).exists():
+            (folder / case.name).symlink_to(case.resolve(), target_is_directory=True)
+    return folder
 
 
 def never_proposed(per_case: list[dict]) -> dict:
@@ -166,24 +177,40 @@ def never_proposed(per_case: list[dict]) -> dict:
     return dict(sorted(out.items()))
 
 
-def small_nodule_ranks(per_case: list[dict]) -> list[dict]:
+def small_nodule_ranks(per_case: list[dict], vessel_overlap: dict[str, list[float]] | None = None) -> list[dict]:
     """Every held-out nodule in the smallest size bin (< 5 mm): its score and the false positives a scan
     (over the whole held-out set) that must be accepted to find it; None = never proposed. The < 5 mm goal
-    counts those found at <= 1 FP/scan, so this says which ones stand between the figure and the goal."""
+    counts those found at <= 1 FP/scan, so this says which ones stand between the figure and the goal.
+    ``vessel_overlap`` (case -> one share per nodule, :meth:`Phantom.vessel_overlap`) adds how much of each
+    lies inside a vessel, where a solid nodule has no contrast."""
     from apps.medical.evaluation import SIZE_BINS
 
     _, _, below_mm = SIZE_BINS[0]  # the bin behind sensitivity_by_size's "lt5mm"
     fp_scores = np.sort(np.array([s for c in per_case for s in c["fp_scores"]], dtype=float))
     rows = []
     for case in per_case:
-        for n in case["nodules"]:
+        for k, n in enumerate(case["nodules"]):
             if n["diameter_mm"] >= below_mm:
                 continue
             above = int(len(fp_scores) - np.searchsorted(fp_scores, n["score"], side="left"))
-            rows.append({"case": case["case"], "kind": n["kind"], "diameter_mm": round(n["diameter_mm"], 1),
-                         "score": round(float(n["score"]), 4),
-                         "fp_per_scan_to_find": None if n["score"] == 0 else round(above / len(per_case), 3)})
+            row = {"case": case["case"], "kind": n["kind"], "diameter_mm": round(n["diameter_mm"], 1),
+                   "score": round(float(n["score"]), 4),
+                   "fp_per_scan_to_find": None if n["score"] == 0 else round(above / len(per_case), 3)}
+            if vessel_overlap is not None:
+                row["inside_vessel"] = round(vessel_overlap[case["case"]][k], 2)
+            rows.append(row)
     return sorted(rows, key=lambda r: (r["fp_per_scan_to_find"] is None, r["fp_per_scan_to_find"] or 0.0))
+
+
+def vessel_overlaps(cases: list[Path], config) -> dict[str, list[float]]:
+    """Per case, the share of each truth nodule inside a vessel, from the phantom redrawn with ``config``."""
+    from apps.medical.data import rebuild_phantom
+
+    out = {}
+    for case in cases:
+        phantom = rebuild_phantom(json.loads((case / "truth" / "nodules.json").read_text()), config)
+        out[case.name] = [phantom.vessel_overlap(n) for n in phantom.nodules]
+    return out
 
 
 def main() -> None:
@@ -197,6 +224,10 @@ def main() -> None:
     parser.add_argument("--val-cases", type=int, default=16)
     parser.add_argument("--fpr-seed", type=int, default=5, help="cases for the second stage (unseen by the first)")
     parser.add_argument("--fpr-cases", type=int, default=100)
+    parser.add_argument("--fpr-contact-cases", type=int, default=0,
+                        help="also train the second stage on this many cases with 60%% of nodules against a vessel, "
+                             "partly buried in it (`synth --vessel-contact 0.6 --contact-offset -0.6 1.0`)")
+    parser.add_argument("--fpr-contact-seed", type=int, default=11, help="seed of those cases")
     parser.add_argument("--fpr-iterations", type=int, default=0,
                         help="train the second-stage classifier this long if the checkpoint has none (0 = no second stage)")
     parser.add_argument("--eval-cases", type=int, default=24)
@@ -233,13 +264,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from apps.medical.data import SynthConfig
     from apps.medical.evaluation import EvalConfig, evaluate_case, store_operating_point, summarise
     from apps.medical.fpr import CandidateClassifierConfig, FprTrainConfig, train_classifier
     from apps.medical.model import ModelConfig, TrainConfig, checkpoint_entry, train
     from apps.medical.pipeline import NoduleDetector
     from apps.medical.postprocess import PostprocessConfig
 
-    if 2 in (args.train_seed, args.val_seed, args.fpr_seed):
+    if 2 in (args.train_seed, args.val_seed, args.fpr_seed, args.fpr_contact_seed):
         parser.error("seed 2 is the held-out seed")
     work = Path(args.work)
     train_dir = work / f"train_s{args.train_seed}_b{args.train_small_boost:g}_{args.train_cases}"
@@ -257,9 +289,14 @@ def main() -> None:
                                             strides=(2,) * (len(channels) - 1))))
     if (args.flip_tta or args.blob_candidates is not None) and (not args.fpr_iterations or checkpoint_entry(model_path, "classifier_state_dict") is not None):
         parser.error("--flip-tta/--blob-candidates need a second stage trained on them: --fpr-iterations N and a checkpoint without one")
+    fpr_dir = None  # the second stage is trained here only if the checkpoint has none
     if args.fpr_iterations and checkpoint_entry(model_path, "classifier_state_dict") is None:
-        fpr_dirs = _cases(work, f"fpr_s{args.fpr_seed}_{args.fpr_cases}", args.fpr_cases, args.fpr_seed, args.train_small_boost)
-        train_classifier(FprTrainConfig(data_dir=fpr_dirs[0].parent, model_path=model_path, iterations=args.fpr_iterations,
+        fpr_sets = [_cases(work, f"fpr_s{args.fpr_seed}_{args.fpr_cases}", args.fpr_cases, args.fpr_seed, args.train_small_boost)]
+        if args.fpr_contact_cases:
+            fpr_sets.append(_cases(work, f"fpr_contact_s{args.fpr_contact_seed}_{args.fpr_contact_cases}", args.fpr_contact_cases,
+                                   args.fpr_contact_seed, args.train_small_boost, vessel_contact=0.6, contact_offset=(-0.6, 1.0)))
+        fpr_dir = _joined(work, fpr_sets) if len(fpr_sets) > 1 else fpr_sets[0][0].parent
+        train_classifier(FprTrainConfig(data_dir=fpr_dir, model_path=model_path, iterations=args.fpr_iterations,
                                         postprocess=post, flip_tta=args.flip_tta,
                                         blob_min_response=args.blob_candidates,
                                         probability_dropout=args.probability_dropout,
@@ -286,6 +323,7 @@ def main() -> None:
         "training": {k: train_meta.get(k) for k in ("iterations", "seconds_per_iteration", "wall_seconds", "first_loss", "last_loss")}
         | {"model_config": train_meta["model_config"], "train_cases": args.train_cases},
         "second_stage": train_meta.get("classifier_summary"),
+        "second_stage_cases": fpr_dir.name if fpr_dir else "trained before this run (see second_stage)",
         "operating_point": point,
         "candidate_threshold": post.threshold,
         "blob_candidates": detector.blob_min_response,
@@ -298,7 +336,8 @@ def main() -> None:
                                                             "inference_s_per_case_median")},
         "cpm_ratio_model_over_baseline": round(model_eval["cpm"] / base_eval["cpm"], 3) if base_eval["cpm"] else None,
         "held_out_never_proposed": never_proposed(per_case),
-        "held_out_small_nodules": small_nodule_ranks(per_case),
+        "held_out_small_nodules": small_nodule_ranks(
+            per_case, vessel_overlaps(held_out, SynthConfig(small_nodule_boost=args.small_boost))),
     }
     if not args.skip_report:
         # Findings as the pipeline reports them (from the validated operating point up) on each held-out case.

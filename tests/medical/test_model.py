@@ -252,6 +252,63 @@ def test_nodules_touching_a_vessel_are_marked_and_can_be_favoured():
     assert on_touching == pytest.approx(0.75, abs=0.03)  # 3 : 1
 
 
+def _missed_nodule_gradients(loss_name: str, foreground_weight: float):
+    """Gradient of a training loss on the logits of a patch where the network is confidently wrong about a
+    small nodule (nodule logit -6) and right about the background (-6 too): mean |grad| on the nodule
+    voxels, on the background."""
+    import torch
+
+    from apps.medical.model import LOSSES
+
+    label = torch.zeros(1, 1, 24, 24, 24)
+    label[0, 0, 10:14, 10:14, 10:14] = 1  # 64 voxels, a 3 mm nodule at 0.7 mm
+    logits = torch.zeros(1, 2, 24, 24, 24)
+    logits[:, 1] = -6.0
+    logits.requires_grad_(True)
+    LOSSES[loss_name](foreground_weight)(logits, label).backward()
+    grad = logits.grad[0, 1].abs()
+    nodule = label[0, 0] > 0
+    return float(grad[nodule].mean()), float(grad[~nodule].mean())
+
+
+def test_dice_ce_at_weight_one_is_monais_dice_ce_and_the_weight_lifts_a_missed_nodule():
+    import torch
+    from monai.losses import DiceCELoss
+
+    from apps.medical.model import LOSSES
+
+    torch.manual_seed(0)
+    logits, label = torch.randn(2, 2, 8, 8, 8), (torch.rand(2, 1, 8, 8, 8) > 0.9).float()
+    assert float(LOSSES["dice_ce"](1.0)(logits, label)) == pytest.approx(
+        float(DiceCELoss(to_onehot_y=True, softmax=True)(logits, label)), rel=1e-6)
+    plain, weighted = _missed_nodule_gradients("dice_ce", 1.0), _missed_nodule_gradients("dice_ce", 10.0)
+    # the nodule's share of the gradient rises ~7-fold at weight 10 (the Dice term's part is not weighted, and
+    # the weighted mean's denominator grows a little)
+    assert weighted[0] / weighted[1] > 5 * plain[0] / plain[1]
+
+
+def test_focal_loss_leaves_the_well_classified_background_out():
+    nodule_ce, background_ce = _missed_nodule_gradients("dice_ce", 1.0)
+    nodule_focal, background_focal = _missed_nodule_gradients("dice_focal", 1.0)
+    # the focal term's gradient on a background voxel at p ~ 0.998 is ~(1 - p)^2 of the cross-entropy's: what
+    # remains there is the Dice term's, which spreads over every voxel
+    assert background_focal < 0.5 * background_ce
+    assert nodule_focal / background_focal > 1.2 * nodule_ce / background_ce
+
+
+def test_training_with_the_focal_loss_and_an_unknown_loss(synth_cases, tmp_path):
+    from apps.medical.model import ModelConfig, TrainConfig, train
+    from shared.io import InputError
+
+    data, _ = synth_cases
+    tiny = ModelConfig(spacing_mm=1.0, patch=32, channels=(8, 16, 32), strides=(2, 2))
+    summary = train(TrainConfig(data_dir=data, out=tmp_path / "focal.pt", iterations=2, samples_per_case=1,
+                                loss="dice_focal", foreground_weight=10.0, model=tiny))
+    assert summary["iterations"] == 2 and np.isfinite(summary["last_loss"])
+    with pytest.raises(InputError, match="not one of"):
+        train(TrainConfig(data_dir=data, out=tmp_path / "x.pt", loss="dice_cee", model=tiny))
+
+
 def test_training_cache_covers_everything_before_the_random_crop():
     """CacheDataset caches up to the first Randomizable or non-Transform: a nested Compose or a plain
     callable there would re-load and resample every case at every step."""
@@ -286,6 +343,47 @@ def test_phantom_labels_match_the_written_mask_and_the_analysis_grid(synth_cases
     exact = cached["label"].numpy()[0].astype(bool)
     assert exact.shape == resampled.shape and cached["image"].dtype == __import__("torch").float16
     assert 2 * (exact & resampled).sum() / (exact.sum() + resampled.sum()) > 0.7  # same nodules, same place
+
+
+def test_a_case_phantom_is_redrawn_from_its_seed_and_measures_what_a_vessel_hides(synth_cases):
+    from apps.medical.data import SynthConfig, TrueNodule, rebuild_phantom
+
+    from .conftest import SMALL
+
+    data, records = synth_cases
+    truth = json.loads((data / records[0]["case_id"] / "truth" / "nodules.json").read_text())
+    phantom = rebuild_phantom(truth, SMALL)
+    assert [n.center_mm for n in phantom.nodules] == [n["center_mm"] for n in truth["nodules"]]
+    with pytest.raises(ValueError, match="do not redraw"):
+        rebuild_phantom(truth, SynthConfig())  # other acquisition settings: other nodules
+    start, end, radius = max(phantom.vessels, key=lambda v: v[2])
+    on_axis = start + 0.6 * (end - start)
+    d = 1.6 * radius  # a solid nodule narrower than the vessel, centred on its axis
+    hidden = TrueNodule(on_axis.tolist(), d, [d / 2] * 3, "solid")
+    assert phantom.vessel_overlap(hidden) == pytest.approx(1.0)
+    free = TrueNodule((on_axis + [0, 0, 200.0]).tolist(), d, [d / 2] * 3, "solid")  # far from every vessel
+    assert phantom.vessel_overlap(free) == 0.0
+    # wholly inside a vessel, a solid nodule changes no voxel of the image: no method can see it
+    grid = on_axis + np.stack(np.meshgrid(*[np.linspace(-4, 4, 17)] * 3, indexing="ij"), -1)
+    without, _ = phantom.sample(grid)
+    phantom.nodules = [hidden]
+    with_hidden, label = phantom.sample(grid)
+    assert label.any() and np.array_equal(with_hidden, without)
+
+
+def test_contact_offset_buries_vessel_contact_nodules_as_deep_as_asked():
+    from apps.medical.calibration import NoduleSizeModel
+    from apps.medical.data import Phantom
+
+    def overlaps(offset):
+        phantom = Phantom(np.random.default_rng(3), 45.0, 32.0, NoduleSizeModel.load(), n_nodules=6, small_boost=1.0,
+                          vessel_contact=1.0, contact_offset=offset)
+        return [phantom.vessel_overlap(n) for n in phantom.nodules]
+
+    touching, buried = overlaps((1.0, 1.0)), overlaps((-0.5, -0.5))
+    assert len(touching) >= 4 and len(buried) >= 4
+    assert np.median(touching) < 0.05  # surface on the vessel wall (near the hilum another vessel may cross one)
+    assert min(buried) > 0.4
 
 
 def test_elongated_components_score_below_round_ones():

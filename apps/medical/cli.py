@@ -10,8 +10,6 @@ from pathlib import Path
 
 from shared.cli_helpers import add_command, add_group
 
-from .model import LOSSES
-
 
 def _model_path(args, settings) -> Path:
     return Path(args.model) if args.model else settings.app_dir("medical") / "model" / "model.pt"
@@ -153,7 +151,9 @@ def register(subparsers) -> None:
     p.add_argument("--hard-negative-mass", type=float, default=0.3,
                    help="share of patches centred on vessel-like voxels (the rest fall anywhere)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (same network): a second phase")
-    p.add_argument("--loss", default="dice_ce", choices=sorted(LOSSES),
+    # no argparse choices: they would import model.py (and numpy) at every `dsv` start; train() refuses an
+    # unknown name with the list of known ones (model.LOSSES) before it reads any data
+    p.add_argument("--loss", default="dice_ce",
                    help="Dice plus cross-entropy (dice_ce) or plus softmax focal loss (dice_focal)")
     p.add_argument("--foreground-weight", type=float, default=1.0,
                    help="weight of nodule voxels against background in the voxel-wise term (1 = equal)")

@@ -71,13 +71,18 @@ def _rotation(deg: float) -> np.ndarray:
 def _paint_tubes(hu: np.ndarray, p: np.ndarray, region: np.ndarray, tubes, value: float) -> None:
     """Set ``hu`` to ``value`` where a point of ``region`` lies within radius of one of the ``tubes``
     (segments ``(a, b, radius)``); only the region's points are tested."""
-    pts = p[region]
+    region_hu = hu[region]
+    region_hu[_inside_tubes(p[region], tubes)] = value
+    hu[region] = region_hu
+
+
+def _inside_tubes(pts: np.ndarray, tubes) -> np.ndarray:
+    """Whether each point (n, 3) lies within radius of one of the ``tubes`` (segments ``(a, b, radius)``):
+    the one definition of a vessel's extent, shared by the painting and :meth:`Phantom.vessel_overlap`."""
     inside = np.zeros(len(pts), dtype=bool)
     for a, b, rad in tubes:
         inside |= _segment_distance(pts, a, b) <= rad
-    region_hu = hu[region]
-    region_hu[inside] = value
-    hu[region] = region_hu
+    return inside
 
 
 def _ellipsoid_radius2(p: np.ndarray, center_mm, axes_mm) -> np.ndarray:
@@ -168,12 +173,9 @@ class Phantom:
         share of it has no contrast in the image: at 1.0 nothing distinguishes the case from one without
         the nodule (placement is random, so a small nodule can fall wholly inside a wide vessel)."""
         c, ax = np.asarray(nodule.center_mm), np.asarray(nodule.axes_mm)
-        grid = np.stack(np.meshgrid(*[np.arange(-a, a + step_mm, step_mm) for a in ax], indexing="ij"), -1).reshape(-1, 3)
-        pts = c + grid[_ellipsoid_radius2(c + grid, c, ax) <= 1.0]
-        inside = np.zeros(len(pts), dtype=bool)
-        for a, b, radius in self.vessels:
-            inside |= _segment_distance(pts, a, b) <= radius
-        return float(inside.mean()) if len(pts) else 0.0
+        box = np.stack(np.meshgrid(*[np.arange(-a, a + step_mm, step_mm) for a in ax], indexing="ij"), -1).reshape(-1, 3) + c
+        pts = box[_ellipsoid_radius2(box, c, ax) <= 1.0]
+        return float(_inside_tubes(pts, self.vessels).mean()) if len(pts) else 0.0
 
     def _inside_lung(self, p: np.ndarray, margin: float = 0.0) -> np.ndarray:
         inside = np.zeros(p.shape[:-1], dtype=bool)
@@ -226,13 +228,14 @@ def _draw_case(seed: int, config: SynthConfig, sizes: NoduleSizeModel):
 def rebuild_phantom(truth: dict, config: SynthConfig = SynthConfig()) -> Phantom:
     """The phantom behind a written case (its ``truth/nodules.json`` record), redrawn from the case's seed:
     vessels are not in the truth file. ``config`` must be the one the case was written with (small-nodule
-    boost, vessel contact); a mismatch shows as other nodules and is refused."""
+    boost, vessel contact and offset); a mismatch shows as other nodules and is refused."""
     phantom = _draw_case(int(truth["seed"]), config, NoduleSizeModel.load())[-1]
     drawn = [n.center_mm for n in phantom.nodules]
     recorded = [n["center_mm"] for n in truth["nodules"]]
     if len(drawn) != len(recorded) or not np.allclose(drawn, recorded, atol=1e-3):
         raise ValueError(f"{truth.get('case_id')}: the generator settings given do not redraw its nodules "
-                         f"(small-nodule boost {config.small_nodule_boost}, vessel contact {config.vessel_contact})")
+                         f"(small-nodule boost {config.small_nodule_boost}, vessel contact {config.vessel_contact}, "
+                         f"contact offset {config.contact_offset})")
     return phantom
 
 

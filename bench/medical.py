@@ -112,7 +112,7 @@ def time_reports(findings_sets, client) -> dict:
 
     reporter = AdapterReporter(client)
     make_report(findings_sets[0], "Screening CT.", reporter, ReportConfig())  # warm-up: adapter load, first batch
-    llm, template, released, verified, reasons = [], [], [], 0, []
+    llm, template, released, verified, reasons, problems = [], [], [], 0, [], []
     for findings in findings_sets:
         t0 = time.perf_counter()
         make_report(findings, None, lambda *a: (_ for _ in ()).throw(ConnectionError("off")))
@@ -125,6 +125,7 @@ def time_reports(findings_sets, client) -> dict:
             log.info("LLM attempt 0 (%d chars, ok=%s): %r", len(out["attempts"][0]["text"]),
                      out["attempts"][0]["verification"]["ok"], out["attempts"][0]["text"][:160])
         verified += bool(out["attempts"] and out["attempts"][0].get("verification", {}).get("ok"))
+        problems += [p for a in out["attempts"] for p in a.get("verification", {}).get("problems", [])[:1]]
     n = len(findings_sets)
     return {"cases": n, "nodules_per_report": [len(f) for f in findings_sets],
             "report_s_per_case_median": round(float(np.median(llm)), 3),
@@ -135,7 +136,8 @@ def time_reports(findings_sets, client) -> dict:
             "released_sources": {s: released.count(s) for s in set(released)},
             "release_reasons": {r: reasons.count(r) for r in set(reasons)},
             "llm_first_attempt_verified": f"{verified}/{n}",
-            "llm_released_share": round(released.count("llm:medical") / n, 3)}
+            "llm_released_share": round(released.count("llm:medical") / n, 3),
+            "first_problem_of_each_failed_attempt": problems}
 
 
 def _cases(work: Path, name: str, n: int, seed: int, boost: float, **synth) -> list[Path]:

@@ -49,24 +49,36 @@ def main() -> None:
     torch.set_num_threads(1)
     from apps.medical.data import nodule_mask
     from apps.medical.evaluation import EvalConfig, evaluate_case
-    from apps.medical.model import load_case
     from apps.medical.pipeline import NoduleDetector
 
     model = Path(args.model)
     detector = NoduleDetector(model)
+    # Keep what evaluate_case computes for the case (canonical grid, first-stage map): the figures below
+    # need the same arrays, and recomputing them ran the first stage twice per case.
+    seen: dict = {}
+    canonical, probability = detector.canonical, detector.probability
+
+    def remember_canonical(*args):
+        seen["canonical"] = canonical(*args)
+        return seen["canonical"]
+
+    def remember_probability(scaled):
+        seen["prob"] = probability(scaled)
+        return seen["prob"]
+
+    detector.canonical, detector.probability = remember_canonical, remember_probability
     missed, attached_all, n_all = [], 0, 0
     for case in sorted(p.parent.parent for p in Path(args.cases).glob("*/truth/nodules.json")):
         truth = json.loads((case / "truth" / "nodules.json").read_text())
         result = evaluate_case(detector, case, EvalConfig(model_path=model))
-        item = load_case(case, native_label=False)
-        hu_c, scaled = detector.canonical(item["image"][0].numpy(), np.asarray(item["image"].affine, dtype=float))
+        hu_c, scaled = seen["canonical"]
         affine, hu = np.asarray(hu_c.affine, dtype=float), hu_c.numpy()[0]
         insides = [nodule_mask([n], affine, hu.shape).astype(bool) for n in truth["nodules"]]
         flags = [attached(m, scaled.numpy()[0], detector.model_cfg.spacing_mm) for m in insides]
         n_all, attached_all = n_all + len(flags), attached_all + sum(flags)
         if all(n["score"] > args.below for n in result["nodules"]):
             continue
-        prob = detector.probability(scaled)
+        prob = seen["prob"]
         for nodule, scored, inside, flag in zip(truth["nodules"], result["nodules"], insides, flags):
             if scored["score"] > args.below:
                 continue

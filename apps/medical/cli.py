@@ -53,6 +53,13 @@ def cmd_train(args, settings) -> int:
     return 0
 
 
+def cmd_ensemble(args, settings) -> int:
+    from .model import combine_checkpoints
+
+    print(json.dumps(combine_checkpoints([Path(m) for m in args.models], Path(args.out))))
+    return 0
+
+
 def cmd_train_fpr(args, settings) -> int:
     from .fpr import CandidateClassifierConfig, FprTrainConfig, train_classifier
 
@@ -103,7 +110,7 @@ def cmd_eval(args, settings) -> int:
 def cmd_finetune_data(args, settings) -> int:
     from .llm import write_finetune_data
 
-    n = write_finetune_data(Path(args.out), args.cases, args.seed)
+    n = write_finetune_data(Path(args.out), args.cases, args.seed, args.max_nodules)
     print(json.dumps({"records": n, "out": str(args.out), "synthetic": True}))
     return 0
 
@@ -159,6 +166,10 @@ def register(subparsers) -> None:
                    help="weight of nodule voxels against background in the voxel-wise term (1 = equal)")
     p.add_argument("--seed", type=int, default=0)
 
+    p = add_command(group, "ensemble", cmd_ensemble, "Combine trained first-stage checkpoints into one whose probability map is their mean (then train-fpr on it)")
+    p.add_argument("models", nargs="+", help="two or more checkpoints of the same network (second stages are left out)")
+    p.add_argument("--out", required=True, help="ensemble checkpoint to write")
+
     p = add_command(group, "train-fpr", cmd_train_fpr, "Train the second-stage candidate classifier (false-positive reduction) into a trained checkpoint")
     p.add_argument("--data", required=True, help="synthetic cases NOT used to train the segmentation network (another seed)")
     p.add_argument("--model", default=None, help="segmentation checkpoint to extend (default DSV_HOME/medical/model/model.pt)")
@@ -206,6 +217,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="JSONL file")
     p.add_argument("--cases", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-nodules", type=int, default=8,
+                   help="cases hold 0 to N nodules (the adapter learns to number nodules up to N)")
 
     p = add_command(group, "service", cmd_service, "Watch DSV_HOME/medical/inbox and process new CT series (prepares a demo study and a model if missing)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between inbox scans")

@@ -8,11 +8,12 @@ whole report (~40 + 25 per nodule tokens one after another), and each piece is a
 task for a 7.5 M-parameter model. The app puts the pieces in order under a fixed header
 (``report.assemble_report``).
 
-The adapter writes the wording, types and locations, and a *slot* (``[d2]``, ``[n]`` ...) wherever a
-measured value goes; ``report.fill_slots`` copies the value from findings.json and the filled text is
-verified. A 7.5 M-parameter model does not copy multi-digit numbers reliably (docs/model.md); slots
-make the numbers exact by construction, and the check still catches a slot on the wrong nodule, a
-wrong location or type, or a missing statement. The fine-tuning records use the same prompts.
+The adapter writes the wording and types, and a *slot* (``[d2]``, ``[l2]``, ``[n]`` ...) wherever a
+measured value or a location goes; ``report.fill_slots`` copies the value from findings.json and the
+filled text is verified. A 7.5 M-parameter model does not copy multi-digit numbers reliably
+(docs/model.md), nor, in session 2's reports, side and zone words (one wrong word in any nodule line
+failed the report); slots make both exact by construction, and the check still catches a slot on the
+wrong nodule, a wrong type, or a missing statement. The fine-tuning records use the same prompts.
 """
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ def training_pieces(findings: list[dict]) -> list[list[dict]]:
 class AdapterReporter:
     """``generate(findings, history, attempt)`` for :func:`report.make_report`, via ``ModelClient``."""
 
-    def __init__(self, client, model: str = "medical", summary_tokens: int = 48, nodule_tokens: int = 28,
+    # The caps sit a little above the longest training target in deepseek-tiny's tokens (summary 51,
+    # nodule line 30 with "part-solid" and three slots): a lower cap cut slots short ("image [i1").
+    def __init__(self, client, model: str = "medical", summary_tokens: int = 56, nodule_tokens: int = 34,
                  max_parallel: int = 32):
         self.client, self.model = client, model
         self.summary_tokens, self.nodule_tokens, self.max_parallel = summary_tokens, nodule_tokens, max_parallel
@@ -67,7 +70,7 @@ class AdapterReporter:
         from .report import assemble_report
 
         # First attempt greedy; a regeneration samples with another seed. Pieces go out together so
-        # that the server batches them (the max_tokens caps sit a little above the longest target).
+        # that the server batches them.
         requests = [(summary_messages(findings), self.summary_tokens)] + [(nodule_messages(f), self.nodule_tokens) for f in findings]
         temperature = 0.0 if attempt == 0 else 0.7
 
@@ -79,9 +82,13 @@ class AdapterReporter:
         return assemble_report(pieces[0], pieces[1:], history)
 
 
-def write_finetune_data(out: Path, n_cases: int, seed: int) -> int:
+def write_finetune_data(out: Path, n_cases: int, seed: int, max_nodules: int = 8) -> int:
     """Chat records (synthetic findings -> slotted summary and nodule lines) for ``dsv finetune``
-    (``finetune.yaml``): per case one summary record, then one record per nodule, in that order."""
+    (``finetune.yaml``): per case one summary record, then one record per nodule, in that order.
+
+    Cases hold 0 to ``max_nodules`` nodules. A tiny model copies only the nodule numbers it has seen:
+    trained on at most 4 a case, it wrote "Nodule 3" for a fifth nodule, and a scan can report more
+    (true nodules plus the false positives at the operating point)."""
     import numpy as np
 
     from shared.io import write_jsonl_atomic
@@ -93,7 +100,7 @@ def write_finetune_data(out: Path, n_cases: int, seed: int) -> int:
     records = []
     for _ in range(n_cases):
         findings = []
-        for i in range(int(rng.integers(0, 5))):
+        for i in range(int(rng.integers(0, max_nodules + 1))):
             d = round(sizes.sample_diameter(rng), 1)
             kind = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "ground glass"}[sizes.sample_type(rng)]
             findings.append({"id": i + 1, "type": kind, "longest_diameter_mm": d,

@@ -168,7 +168,12 @@ def train(cfg: TrainConfig) -> dict:
     loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=0)
     net = build_network(cfg.model)
     if cfg.init_from is not None:
-        start, start_cfg = load_checkpoint(cfg.init_from)
+        start_ckpt = read_checkpoint(cfg.init_from)
+        if ENSEMBLE_KEY in start_ckpt:
+            from shared.io import InputError
+
+            raise InputError(f"{cfg.init_from}: an ensemble of networks; start from one of its members")
+        start, start_cfg = network_from_checkpoint(start_ckpt)
         if start_cfg != cfg.model:
             from shared.io import InputError
 
@@ -206,14 +211,14 @@ def train(cfg: TrainConfig) -> dict:
                 log.info("iteration %d/%d loss %.4f (%.2f s/it, %.0f%% of the budget)", it, cfg.iterations,
                          float(np.mean(losses[-cfg.log_every:])), float(np.mean(step_times[-cfg.log_every:])), 100 * progress)
             if rank == 0 and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations:
-                save_checkpoint(cfg.out, net, cfg.model, _summary(it, world, len(mine), step_times, losses, started, partial=True))
+                save_checkpoint(cfg.out, net, cfg.model, _summary(it, cfg, world, len(mine), step_times, losses, started, partial=True))
             if progress >= 1.0:
                 if it < cfg.iterations:
                     log.warning("time budget of %.0f s reached after %d iterations: stopping", cfg.max_seconds, it)
                 stop = True
                 break
     bar.close()
-    summary = _summary(it, world, len(mine), step_times, losses, started, partial=False)
+    summary = _summary(it, cfg, world, len(mine), step_times, losses, started, partial=False)
     if rank == 0:
         save_checkpoint(cfg.out, net, cfg.model, summary)
     if world > 1:
@@ -244,9 +249,15 @@ def _progress(it: int, cfg: TrainConfig, elapsed_s: float, world: int) -> float:
     return progress
 
 
-def _summary(it: int, world: int, n_cases: int, step_times: list[float], losses: list[float], started: float,
-             partial: bool) -> dict:
-    return {"iterations": it, "world_size": world, "cases_per_rank": n_cases, "partial": partial,
+def _summary(it: int, cfg: TrainConfig, world: int, n_cases: int, step_times: list[float], losses: list[float],
+             started: float, partial: bool) -> dict:
+    # The recipe travels with the weights, so a checkpoint says how it was made without the command line.
+    recipe = {"data_dir": str(cfg.data_dir), "init_from": str(cfg.init_from) if cfg.init_from else None,
+              "loss": cfg.loss, "foreground_weight": cfg.foreground_weight, "learning_rate": cfg.learning_rate,
+              "attached_weight": cfg.attached_weight, "positive_mass": cfg.positive_mass,
+              "hard_negative_mass": cfg.hard_negative_mass, "samples_per_case": cfg.samples_per_case, "seed": cfg.seed,
+              "max_seconds": cfg.max_seconds}
+    return {"iterations": it, "recipe": recipe, "world_size": world, "cases_per_rank": n_cases, "partial": partial,
             "seconds_per_iteration": round(float(np.median(step_times)), 4),
             "wall_seconds": round(time.perf_counter() - started, 1),
             "first_loss": round(losses[0], 4), "last_loss": round(float(np.mean(losses[-10:])), 4)}
@@ -303,13 +314,65 @@ def load_checkpoint(path: Path):
 
 
 def network_from_checkpoint(ckpt: dict):
-    """The first-stage network (eval mode) and its config from a checkpoint already read."""
+    """The first-stage network (eval mode) and its config from a checkpoint already read; for an ensemble
+    checkpoint (:func:`combine_checkpoints`), its members behind one module that gives their mean probability."""
     raw = ckpt["model_config"]
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    net = build_network(cfg)
-    net.load_state_dict(ckpt["state_dict"])
-    net.eval()
-    return net, cfg
+    nets = []
+    for state in [ckpt["state_dict"], *ckpt.get(ENSEMBLE_KEY, [])]:
+        net = build_network(cfg)
+        net.load_state_dict(state)
+        nets.append(net.eval())
+    return (nets[0] if len(nets) == 1 else _mean_probability_network(nets)), cfg
+
+
+ENSEMBLE_KEY = "member_state_dicts"
+"""Checkpoint entry holding the ensemble's networks after the first (which stays in ``state_dict``)."""
+
+
+def _mean_probability_network(nets: list):
+    """Several first-stage networks as one module: its output is the log of their mean softmax, so the
+    softmax that :func:`predict_probability` applies gives the mean probability back. (Sliding-window
+    blending then mixes log-probabilities, as it mixes a single network's logits.)"""
+    import torch
+
+    class MeanProbability(torch.nn.Module):
+        def __init__(self, members):
+            super().__init__()
+            self.members = torch.nn.ModuleList(members)
+
+        def forward(self, x):
+            mean = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
+            return torch.log(mean.clamp_min(1e-7))
+
+    return MeanProbability(nets).eval()
+
+
+def combine_checkpoints(paths: list[Path], out: Path) -> dict:
+    """One first-stage checkpoint whose probability map is the mean of several trained networks' (same
+    network config). Any second stage of the members is left out: a classifier is trained on the probability
+    maps it will judge, so ``dsv medical train-fpr`` is run on the ensemble."""
+    from shared.io import InputError
+
+    if len(paths) < 2:
+        raise InputError("an ensemble needs at least two checkpoints")
+    members = [read_checkpoint(p) for p in paths]
+    for path, ckpt in zip(paths, members):
+        if ENSEMBLE_KEY in ckpt:
+            raise InputError(f"{path}: already an ensemble; list its members instead")
+        if ckpt["model_config"] != members[0]["model_config"]:
+            raise InputError(f"{path}: its network {ckpt['model_config']} differs from {paths[0]}'s "
+                             f"{members[0]['model_config']}")
+    summary = {"ensemble_of": [{"path": str(p), **ckpt.get("summary", {})} for p, ckpt in zip(paths, members)]}
+    import torch
+
+    from shared.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        torch.save({"state_dict": members[0]["state_dict"], ENSEMBLE_KEY: [m["state_dict"] for m in members[1:]],
+                    "model_config": members[0]["model_config"], "summary": summary}, tmp)
+    Path(out).with_suffix(".json").write_text(json.dumps({"model_config": members[0]["model_config"], **summary}, indent=1))
+    return {"model": str(out), "members": [str(p) for p in paths]}
 
 
 def predict_probability(net, image_scaled, cfg: ModelConfig, flip_tta: bool = False):

@@ -1,8 +1,9 @@
 """Radiology report: structured template, fact check against findings.json, and the release policy.
 
 Policy (``make_report``): ask the ``medical`` adapter for a report; the adapter writes the wording and
-puts *slots* where a measured value goes (``[n]`` the count, ``[d2]`` nodule 2's diameter, ``[i2]`` its
-image number, ``[history]``); :func:`fill_slots` copies those values from findings.json. Numbers the
+puts *slots* where a measured value goes (``[n]`` the count, ``[d2]`` nodule 2's diameter, ``[l2]`` its
+side and zone, ``[i2]`` its image number, ``[history]``); :func:`fill_slots` copies those values from
+findings.json. Numbers the
 model writes itself are kept as written. Then check every number, size, count, nodule reference,
 location and type in the filled text against the findings; if the check fails, regenerate once
 (sampling, different seed) while the time budget allows; if it still fails or the server is down,
@@ -17,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 NUMBER_WORDS = {"no": 0, "zero": 0, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5,
                 "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _NUM = r"-?\d+(?:\.\d+)?"
-_SLOT = re.compile(r"\[(n|history|[dvhi]\d+)\]")
-_ANY_SLOT = re.compile(r"\[[a-z]+\d*\]")
+_SLOT = re.compile(r"\[(n|history|[dvhil]\d+)\]")
+_ANY_SLOT = re.compile(r"\[[a-z]+\d*\]?")  # also a slot cut short ("image [i1" at the token cap)
 _TYPE = re.compile(r"\b(part-solid|ground glass|solid)\b")
 
 
@@ -69,12 +70,12 @@ def summary_piece(findings: list[dict]) -> str:
     plural = "s" if n > 1 else ""
     big = max(findings, key=lambda f: f["longest_diameter_mm"])
     return (f"Findings: [n] pulmonary nodule{plural}.\n"
-            f"Impression: [n] pulmonary nodule{plural}, largest [d{big['id']}] mm ({big['type']}, {big['side']} {big['zone']}).")
+            f"Impression: [n] pulmonary nodule{plural}, largest [d{big['id']}] mm ({big['type']}, [l{big['id']}]).")
 
 
 def nodule_piece(f: dict) -> str:
     """One nodule's statement as the adapter is trained to write it."""
-    return f"Nodule {f['id']}: {f['type']}, [d{f['id']}] mm, {f['side']} {f['zone']}, image [i{f['id']}]."
+    return f"Nodule {f['id']}: {f['type']}, [d{f['id']}] mm, [l{f['id']}], image [i{f['id']}]."
 
 
 def assemble_report(summary: str, nodule_lines: list[str], history: str | None) -> str:
@@ -104,7 +105,7 @@ def fill_slots(text: str, findings: list[dict], history: str | None) -> str:
         if f is None:
             return m.group(0)
         return {"d": f"{float(f['longest_diameter_mm']):.1f}", "v": f"{float(f['volume_mm3']):.1f}",
-                "h": f"{float(f['mean_hu']):.0f}", "i": str(f["image_number"])}[key[0]]
+                "h": f"{float(f['mean_hu']):.0f}", "i": str(f["image_number"]), "l": f"{f['side']} {f['zone']}"}[key[0]]
 
     return _SLOT.sub(value, text)
 
@@ -134,6 +135,27 @@ def _check_nodule_statements(body_l: str, findings: list[dict]) -> list[str]:
         for s in _TYPE.finditer(seg):
             if s.group(1) != str(f["type"]).replace("_", " "):
                 problems.append(f"nodule {f['id']}: type {s.group(1)!r} is not its {f['type']}")
+    return problems
+
+
+def _check_largest(body_l: str, findings: list[dict]) -> list[str]:
+    """"largest <size> mm (<type>, <side> <zone>)" must be the largest nodule's size, type and location:
+    each is some nodule's, which the checks above accept, but the impression names one nodule."""
+    if not findings:
+        return []
+    big = max(findings, key=lambda f: float(f["longest_diameter_mm"]))
+    problems = []
+    for m in re.finditer(rf"largest\s+({_NUM})\s*(mm|cm)\b(?:\s*\(([^)\n]*)\))?", body_l):
+        value = float(m.group(1)) * (10 if m.group(2) == "cm" else 1)
+        if abs(value - float(big["longest_diameter_mm"])) > 0.15:
+            problems.append(f"largest {m.group(0)!r} is not the largest nodule ({big['longest_diameter_mm']} mm)")
+        detail = m.group(3) or ""
+        for t in _TYPE.finditer(detail):
+            if t.group(1) != str(big["type"]).replace("_", " "):
+                problems.append(f"largest nodule: type {t.group(1)!r} is not its {big['type']}")
+        for loc in re.finditer(r"\b(right|left)\s+(upper|middle|lower)\b", detail):
+            if (loc.group(1), loc.group(2)) != (big["side"], big["zone"]):
+                problems.append(f"largest nodule: location {loc.group(0)!r} is not its {big['side']} {big['zone']}")
     return problems
 
 
@@ -197,6 +219,7 @@ def verify_report(text: str, findings: list[dict], history: str | None = None) -
         if (m.group(1), m.group(2)) not in pairs:
             problems.append(f"location {m.group(0)!r} matches no nodule")
     problems += _check_nodule_statements(body_l, findings)
+    problems += _check_largest(body_l, findings)
     for m in _ANY_SLOT.finditer(body_l):
         problems.append(f"slot {m.group(0)!r} names no value of the findings")
     if not count_stated:

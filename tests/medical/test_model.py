@@ -305,8 +305,52 @@ def test_training_with_the_focal_loss_and_an_unknown_loss(synth_cases, tmp_path)
     summary = train(TrainConfig(data_dir=data, out=tmp_path / "focal.pt", iterations=2, samples_per_case=1,
                                 loss="dice_focal", foreground_weight=10.0, model=tiny))
     assert summary["iterations"] == 2 and np.isfinite(summary["last_loss"])
+    recipe = json.loads((tmp_path / "focal.json").read_text())["recipe"]  # how it was made travels with it
+    assert (recipe["loss"], recipe["foreground_weight"], recipe["data_dir"]) == ("dice_focal", 10.0, str(data))
     with pytest.raises(InputError, match="not one of"):
         train(TrainConfig(data_dir=data, out=tmp_path / "x.pt", loss="dice_cee", model=tiny))
+
+
+def test_an_ensemble_checkpoint_gives_its_members_mean_probability(tiny_medical_model, synth_cases, tmp_path):
+    import torch
+
+    from apps.medical.model import (ENSEMBLE_KEY, ModelConfig, TrainConfig, combine_checkpoints, load_case,
+                                    load_checkpoint, predict_probability, read_checkpoint, train)
+    from apps.medical.transforms import canonical_transforms, scale_transform
+    from shared.io import InputError
+
+    first, _ = tiny_medical_model
+    data, records = synth_cases
+    second = tmp_path / "second.pt"
+    train(TrainConfig(data_dir=data, out=second, iterations=1, samples_per_case=1, seed=7,
+                      model=ModelConfig(spacing_mm=1.0, patch=32, channels=(8, 16, 32), strides=(2, 2))))
+    combine_checkpoints([first, second], tmp_path / "ens.pt")
+    ensemble, cfg = load_checkpoint(tmp_path / "ens.pt")
+    (net_a, _), (net_b, _) = load_checkpoint(first), load_checkpoint(second)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        mean = (torch.softmax(net_a(x), 1) + torch.softmax(net_b(x), 1)) / 2
+        assert torch.allclose(torch.softmax(ensemble(x), 1), mean, atol=1e-5)
+        assert not torch.allclose(torch.softmax(net_a(x), 1), mean, atol=1e-3)  # the members do differ
+    # through the inference path on a real case (one window: overlapping windows blend log-probabilities,
+    # as they blend one network's logits, so the mean is exact only where no windows overlap)
+    item = canonical_transforms(("image",), cfg.spacing_mm)(load_case(data / records[0]["case_id"]))
+    scaled = scale_transform()({"image": item["image"]})["image"][:, :32, :32, :32]
+    pa, pb, pe = (predict_probability(n, scaled, cfg) for n in (net_a, net_b, ensemble))
+    assert np.allclose(pe, (pa + pb) / 2, atol=1e-4) and np.abs(pa - pb).max() > 1e-2
+    meta = json.loads((tmp_path / "ens.json").read_text())
+    assert [m["path"] for m in meta["ensemble_of"]] == [str(first), str(second)]
+    assert len(read_checkpoint(tmp_path / "ens.pt")[ENSEMBLE_KEY]) == 1
+    with pytest.raises(InputError, match="already an ensemble"):
+        combine_checkpoints([tmp_path / "ens.pt", first], tmp_path / "x.pt")
+    with pytest.raises(InputError, match="start from one of its members"):
+        train(TrainConfig(data_dir=data, out=tmp_path / "y.pt", init_from=tmp_path / "ens.pt", iterations=1,
+                          model=cfg))
+    other = tmp_path / "other.pt"
+    train(TrainConfig(data_dir=data, out=other, iterations=1, samples_per_case=1,
+                      model=ModelConfig(spacing_mm=1.0, patch=32, channels=(4, 8, 16), strides=(2, 2))))
+    with pytest.raises(InputError, match="differs"):
+        combine_checkpoints([first, other], tmp_path / "z.pt")
 
 
 def test_training_cache_covers_everything_before_the_random_crop():

@@ -248,8 +248,14 @@ def test_slots_are_filled_from_the_findings_and_misplaced_values_are_caught():
     assert "Nodule 1: solid, 8.4 mm, right upper, image 23." in filled and "Findings: 2 pulmonary nodules." in filled
     assert verify_report(filled, FINDINGS, "Screening CT.").ok
     # a slot on the wrong nodule, a nodule that does not exist, a swapped location or type all fail
+    assert "right upper" not in raw and "[l1]" in raw  # locations are slots too
     for wrong in (raw.replace("solid, [d1]", "solid, [d2]"), raw.replace("[i2]", "[i3]"),
-                  raw.replace("Nodule 2: ground glass, [d2] mm, left lower", "Nodule 2: ground glass, [d2] mm, right upper"),
+                  raw.replace("Nodule 2: ground glass, [d2] mm, [l2]", "Nodule 2: ground glass, [d2] mm, [l1]"),
+                  raw.replace("Nodule 2: ground glass, [d2] mm, [l2]", "Nodule 2: ground glass, [d2] mm, right upper"),
+                  raw.replace("[l2]", "[l3]"), raw.replace("image [i2].", "image [i2"),
+                  raw.replace("largest [d1] mm (solid", "largest [d1] mm (ground glass"),   # the impression's
+                  raw.replace("largest [d1] mm (solid, [l1])", "largest [d1] mm (solid, [l2])"),  # nodule is the
+                  raw.replace("largest [d1] mm", "largest [d2] mm"),                        # largest one
                   raw.replace("Nodule 1: solid", "Nodule 1: part-solid")):
         assert not verify_report(fill_slots(wrong, FINDINGS, "Screening CT."), FINDINGS, "Screening CT.").ok, wrong
     out = make_report(FINDINGS, None, lambda f, h, a: slot_report(f, h))

@@ -260,6 +260,8 @@ def main() -> None:
     parser.add_argument("--fpr-ensemble", type=int, default=1, metavar="N",
                         help="second stage: N classifiers averaged (train-fpr --ensemble)")
     parser.add_argument("--skip-report", action="store_true")
+    parser.add_argument("--report-cases", type=int, default=8,
+                        help="held-out cases whose reports are timed and checked (the first N; 8 until session 14)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
@@ -347,7 +349,7 @@ def main() -> None:
         from apps.medical.postprocess import PostprocessConfig
 
         sets = []
-        for c in held_out[:8]:
+        for c in held_out[:args.report_cases]:
             item = load_case(c, native_label=False)
             affine = np.asarray(item["image"].affine, dtype=float)
             hu_c, scaled = detector.canonical(item["image"][0].numpy(), affine)

@@ -352,7 +352,9 @@ def combine_checkpoints(paths: list[Path], out: Path) -> dict:
     """One first-stage checkpoint whose probability map is the mean of several trained networks' (same
     network config). Any second stage of the members is left out: a classifier is trained on the probability
     maps it will judge, so ``dsv medical train-fpr`` is run on the ensemble."""
-    from shared.io import InputError
+    import torch
+
+    from shared.io import InputError, atomic_path, write_text_atomic
 
     if len(paths) < 2:
         raise InputError("an ensemble needs at least two checkpoints")
@@ -364,14 +366,11 @@ def combine_checkpoints(paths: list[Path], out: Path) -> dict:
             raise InputError(f"{path}: its network {ckpt['model_config']} differs from {paths[0]}'s "
                              f"{members[0]['model_config']}")
     summary = {"ensemble_of": [{"path": str(p), **ckpt.get("summary", {})} for p, ckpt in zip(paths, members)]}
-    import torch
-
-    from shared.io import atomic_path
-
     with atomic_path(out) as tmp:
         torch.save({"state_dict": members[0]["state_dict"], ENSEMBLE_KEY: [m["state_dict"] for m in members[1:]],
                     "model_config": members[0]["model_config"], "summary": summary}, tmp)
-    Path(out).with_suffix(".json").write_text(json.dumps({"model_config": members[0]["model_config"], **summary}, indent=1))
+    write_text_atomic(Path(out).with_suffix(".json"),
+                      json.dumps({"model_config": members[0]["model_config"], **summary}, indent=1))
     return {"model": str(out), "members": [str(p) for p in paths]}
 
 

@@ -3,8 +3,7 @@
 Policy (``make_report``): ask the ``medical`` adapter for a report; the adapter writes the wording and
 puts *slots* where a measured value goes (``[n]`` the count, ``[d2]`` nodule 2's diameter, ``[l2]`` its
 side and zone, ``[i2]`` its image number, ``[history]``); :func:`fill_slots` copies those values from
-findings.json. Numbers the
-model writes itself are kept as written. Then check every number, size, count, nodule reference,
+findings.json. Numbers the model writes itself are kept as written. Then check every number, size, count, nodule reference,
 location and type in the filled text against the findings; if the check fails, regenerate once
 (sampling, different seed) while the time budget allows; if it still fails or the server is down,
 release the structured template instead. The check result and every attempt are recorded.
@@ -21,6 +20,7 @@ _NUM = r"-?\d+(?:\.\d+)?"
 _SLOT = re.compile(r"\[(n|history|[dvhil]\d+)\]")
 _ANY_SLOT = re.compile(r"\[[a-z]+\d*\]?")  # also a slot cut short ("image [i1" at the token cap)
 _TYPE = re.compile(r"\b(part-solid|ground glass|solid)\b")
+_LOCATION = re.compile(r"\b(right|left)\s+(upper|middle|lower)\b")
 
 
 @dataclass(frozen=True)
@@ -129,13 +129,16 @@ def _check_nodule_statements(body_l: str, findings: list[dict]) -> list[str]:
             value = float(s.group(1)) * (10 if s.group(2) == "cm" else 1)
             if abs(value - float(f["longest_diameter_mm"])) > 0.15:
                 problems.append(f"nodule {f['id']}: size {s.group(0)!r} is not its diameter {f['longest_diameter_mm']}")
-        for s in re.finditer(r"\b(right|left)\s+(upper|middle|lower)\b", seg):
-            if (s.group(1), s.group(2)) != (f["side"], f["zone"]):
-                problems.append(f"nodule {f['id']}: location {s.group(0)!r} is not its {f['side']} {f['zone']}")
-        for s in _TYPE.finditer(seg):
-            if s.group(1) != str(f["type"]).replace("_", " "):
-                problems.append(f"nodule {f['id']}: type {s.group(1)!r} is not its {f['type']}")
+        problems += _not_its(seg, f, f"nodule {f['id']}")
     return problems
+
+
+def _not_its(text: str, f: dict, who: str) -> list[str]:
+    """Every location and type word in ``text`` must be nodule ``f``'s own."""
+    problems = [f"{who}: location {s.group(0)!r} is not its {f['side']} {f['zone']}"
+                for s in _LOCATION.finditer(text) if (s.group(1), s.group(2)) != (f["side"], f["zone"])]
+    return problems + [f"{who}: type {s.group(1)!r} is not its {f['type']}"
+                       for s in _TYPE.finditer(text) if s.group(1) != str(f["type"]).replace("_", " ")]
 
 
 def _check_largest(body_l: str, findings: list[dict]) -> list[str]:
@@ -149,13 +152,7 @@ def _check_largest(body_l: str, findings: list[dict]) -> list[str]:
         value = float(m.group(1)) * (10 if m.group(2) == "cm" else 1)
         if abs(value - float(big["longest_diameter_mm"])) > 0.15:
             problems.append(f"largest {m.group(0)!r} is not the largest nodule ({big['longest_diameter_mm']} mm)")
-        detail = m.group(3) or ""
-        for t in _TYPE.finditer(detail):
-            if t.group(1) != str(big["type"]).replace("_", " "):
-                problems.append(f"largest nodule: type {t.group(1)!r} is not its {big['type']}")
-        for loc in re.finditer(r"\b(right|left)\s+(upper|middle|lower)\b", detail):
-            if (loc.group(1), loc.group(2)) != (big["side"], big["zone"]):
-                problems.append(f"largest nodule: location {loc.group(0)!r} is not its {big['side']} {big['zone']}")
+        problems += _not_its(m.group(3) or "", big, "largest nodule")
     return problems
 
 
@@ -214,7 +211,7 @@ def verify_report(text: str, findings: list[dict], history: str | None = None) -
             problems.append(f"number {m.group(0)!r} is not in the findings")
     # Locations: side + zone pairs must belong to some nodule.
     pairs = {(f["side"], f["zone"]) for f in findings}
-    for m in re.finditer(r"\b(right|left)\s+(upper|middle|lower)\b", body_l):
+    for m in _LOCATION.finditer(body_l):
         checked += 1
         if (m.group(1), m.group(2)) not in pairs:
             problems.append(f"location {m.group(0)!r} matches no nodule")

@@ -146,11 +146,11 @@ def train(cfg: TrainConfig) -> dict:
     from monai.utils import set_determinism
     from tqdm import tqdm
 
+    from shared.io import InputError
+
     from .transforms import LoadSyntheticCased, training_transforms
 
     if cfg.loss not in LOSSES:
-        from shared.io import InputError
-
         raise InputError(f"loss {cfg.loss!r}: not one of {sorted(LOSSES)}")
     torch.set_num_threads(1)
     rank, world = _distributed()
@@ -170,13 +170,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.init_from is not None:
         start_ckpt = read_checkpoint(cfg.init_from)
         if ENSEMBLE_KEY in start_ckpt:
-            from shared.io import InputError
-
             raise InputError(f"{cfg.init_from}: an ensemble of networks; start from one of its members")
         start, start_cfg = network_from_checkpoint(start_ckpt)
         if start_cfg != cfg.model:
-            from shared.io import InputError
-
             raise InputError(f"{cfg.init_from}: its network {asdict(start_cfg)} differs from the requested {asdict(cfg.model)}")
         net.load_state_dict(start.state_dict())
     model = net
@@ -251,12 +247,10 @@ def _progress(it: int, cfg: TrainConfig, elapsed_s: float, world: int) -> float:
 
 def _summary(it: int, cfg: TrainConfig, world: int, n_cases: int, step_times: list[float], losses: list[float],
              started: float, partial: bool) -> dict:
-    # The recipe travels with the weights, so a checkpoint says how it was made without the command line.
-    recipe = {"data_dir": str(cfg.data_dir), "init_from": str(cfg.init_from) if cfg.init_from else None,
-              "loss": cfg.loss, "foreground_weight": cfg.foreground_weight, "learning_rate": cfg.learning_rate,
-              "attached_weight": cfg.attached_weight, "positive_mass": cfg.positive_mass,
-              "hard_negative_mass": cfg.hard_negative_mass, "samples_per_case": cfg.samples_per_case, "seed": cfg.seed,
-              "max_seconds": cfg.max_seconds}
+    # The recipe travels with the weights, so a checkpoint says how it was made without the command line:
+    # every TrainConfig field but where it is written, logging, and the network (saved as model_config).
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+              if k not in ("out", "log_every", "checkpoint_every", "model")}
     return {"iterations": it, "recipe": recipe, "world_size": world, "cases_per_rank": n_cases, "partial": partial,
             "seconds_per_iteration": round(float(np.median(step_times)), 4),
             "wall_seconds": round(time.perf_counter() - started, 1),

@@ -3,8 +3,9 @@
 Policy (``make_report``): ask the ``medical`` adapter for a report; the adapter writes the wording and
 puts *slots* where a measured value goes (``[n]`` the count, ``[d2]`` nodule 2's diameter, ``[l2]`` its
 side and zone, ``[i2]`` its image number, ``[history]``); :func:`fill_slots` copies those values from
-findings.json. Numbers the model writes itself are kept as written. Then check every number, size, count, nodule reference,
-location and type in the filled text against the findings; if the check fails, regenerate once
+findings.json. Numbers the model writes itself are kept as written. Then check every number, size,
+count, nodule reference, location and type in the filled text against the findings; if the check fails,
+regenerate once
 (sampling, different seed) while the time budget allows; if it still fails or the server is down,
 release the structured template instead. The check result and every attempt are recorded.
 """
@@ -21,6 +22,12 @@ _SLOT = re.compile(r"\[(n|history|[dvhil]\d+)\]")
 _ANY_SLOT = re.compile(r"\[[a-z]+\d*\]?")  # also a slot cut short ("image [i1" at the token cap)
 _TYPE = re.compile(r"\b(part-solid|ground glass|solid)\b")
 _LOCATION = re.compile(r"\b(right|left)\s+(upper|middle|lower)\b")
+_SIZE = re.compile(rf"({_NUM})\s*(mm|cm)\b(?!\s*(?:3|\^3|³))")  # a length, not a volume (mm3)
+
+
+def _mm(m: re.Match) -> float:
+    """The length a size match (number, unit) states, in mm."""
+    return float(m.group(1)) * (10 if m.group(2) == "cm" else 1)
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,8 @@ def _check_nodule_statements(body_l: str, findings: list[dict]) -> list[str]:
         if idx + 1 < len(refs):
             end = min(end, refs[idx + 1].start())
         seg = body_l[m.end():end]
-        for s in re.finditer(rf"({_NUM})\s*(mm|cm)\b(?!\s*(?:3|\^3|³))", seg):
-            value = float(s.group(1)) * (10 if s.group(2) == "cm" else 1)
-            if abs(value - float(f["longest_diameter_mm"])) > 0.15:
+        for s in _SIZE.finditer(seg):
+            if abs(_mm(s) - float(f["longest_diameter_mm"])) > 0.15:
                 problems.append(f"nodule {f['id']}: size {s.group(0)!r} is not its diameter {f['longest_diameter_mm']}")
         problems += _not_its(seg, f, f"nodule {f['id']}")
     return problems
@@ -149,8 +155,7 @@ def _check_largest(body_l: str, findings: list[dict]) -> list[str]:
     big = max(findings, key=lambda f: float(f["longest_diameter_mm"]))
     problems = []
     for m in re.finditer(rf"largest\s+({_NUM})\s*(mm|cm)\b(?:\s*\(([^)\n]*)\))?", body_l):
-        value = float(m.group(1)) * (10 if m.group(2) == "cm" else 1)
-        if abs(value - float(big["longest_diameter_mm"])) > 0.15:
+        if abs(_mm(m) - float(big["longest_diameter_mm"])) > 0.15:
             problems.append(f"largest {m.group(0)!r} is not the largest nodule ({big['longest_diameter_mm']} mm)")
         problems += _not_its(m.group(3) or "", big, "largest nodule")
     return problems
@@ -173,10 +178,10 @@ def verify_report(text: str, findings: list[dict], history: str | None = None) -
     checked = 0
     size_spans = []
     sizes_stated = []
-    for m in re.finditer(rf"({_NUM})\s*(mm|cm)\b(?!\s*(?:3|\^3|³))", body_l):
+    for m in _SIZE.finditer(body_l):
         checked += 1
         size_spans.append(m.span(1))
-        value = float(m.group(1)) * (10 if m.group(2) == "cm" else 1)
+        value = _mm(m)
         sizes_stated.append(value)
         if not any(abs(value - d) <= 0.15 for d in diameters):
             problems.append(f"size {m.group(0)!r} matches no nodule diameter")

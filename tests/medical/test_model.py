@@ -430,6 +430,19 @@ def test_contact_offset_buries_vessel_contact_nodules_as_deep_as_asked():
     assert min(buried) > 0.4
 
 
+def test_the_generator_lists_no_solid_nodule_hidden_inside_a_vessel():
+    from apps.medical.calibration import NoduleSizeModel
+    from apps.medical.data import Phantom
+
+    def solid_overlaps(min_visible_share):  # nodules centred on a vessel's axis: small ones vanish in it
+        phantom = Phantom(np.random.default_rng(5), 45.0, 32.0, NoduleSizeModel.load(), n_nodules=12, small_boost=1.0,
+                          vessel_contact=1.0, contact_offset=(-4.0, -4.0), min_visible_share=min_visible_share)
+        return [phantom.vessel_overlap(n) for n in phantom.nodules if n.kind == "solid"]
+
+    before, after = solid_overlaps(0.0), solid_overlaps(0.1)
+    assert max(before) > 0.9  # without the rule the ground truth lists nodules no reader could see
+    assert after and max(after) <= 0.9
+
 def test_elongated_components_score_below_round_ones():
     from apps.medical.postprocess import PostprocessConfig, extract_findings
 

@@ -137,7 +137,9 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
     - a real article the answer applies that neither a cited judgment cites (its passage text or its
       statutes) nor contains one of the answer's quotes: a real name is not evidence that it applies here;
     - a 《title》 that is no law in the statute database (a garbled name the citation pattern cannot even
-      parse, e.g. "《中华人民共和国矿法》第六法》", would otherwise pass unchecked).
+      parse, e.g. "《中华人民共和国矿法》第六法》", would otherwise pass unchecked);
+    - no real article left after ``verify_citations`` removed the ones it named: "依据[unverified citation
+      removed][1]。" keeps a valid [1] but no claim (session 15's quote-less adapter: 16 of 40 answers).
 
     Measured on the tiny adapter (docs/benchmarks/legal.md): with the marker and quote checks alone, 39 of
     40 answers were kept, most of them "<some real article> applies" with an empty quote."""
@@ -157,6 +159,9 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
     for m in _TITLE.finditer(answer.answer):
         if m.group(1) not in titles:
             problems.append({"citation": m.group(0), "reason": "not a law in the statute database"})
+    unreal = [f["citation"] for f in answer.flagged if f["reason"] == "not a real statute article"]
+    if unreal and not any(not c["marker"].startswith("[") for c in answer.citations):
+        problems.append({"citation": unreal[0], "reason": "every article it named was removed as not real"})
     return problems
 
 

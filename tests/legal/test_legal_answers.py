@@ -76,6 +76,9 @@ def test_a_real_article_must_apply_in_a_cited_passage_and_titles_must_be_laws():
     # ... once the cited judgment cites it, the same answer is grounded
     hits[0] = Hit(0, 0.9, doc_id="d0", text=hits[0].text, statutes=("《中华人民共和国民法典》第五百七十七条",))
     assert reasons("依据《中华人民共和国民法典》第五百七十七条：“当事人一方不履行合同义务的”[1]。") == []
+    # an answer whose only article was not real keeps a valid [1] but no claim once it is removed
+    assert reasons("依据《中华人民共和国乡村犯罪法》第六十三条[1]。") == ["every article it named was removed as not real"]
+    assert reasons("依据《中华人民共和国乡村犯罪法》第六十三条、《中华人民共和国民法典》第五百七十七条[1]。") == []
 
 
 def test_planted_injection_never_reaches_the_prompt_as_instructions(legal_kb):

@@ -16,8 +16,13 @@ def _model_path(args, settings) -> Path:
 
 
 def cmd_synth(args, settings) -> int:
+    from shared.io import InputError
+
     from .data import SynthConfig, generate_cases
 
+    for name in ("small_boost", "vessel_contact", "min_visible_share"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be between 0 and 1")
     cfg = SynthConfig(small_nodule_boost=args.small_boost, vessel_contact=args.vessel_contact,
                       contact_offset=tuple(args.contact_offset), min_visible_share=args.min_visible_share)
     records = generate_cases(Path(args.out), args.cases, args.seed, cfg)

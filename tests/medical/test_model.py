@@ -443,6 +443,14 @@ def test_the_generator_lists_no_solid_nodule_hidden_inside_a_vessel():
     assert max(before) > 0.9  # without the rule the ground truth lists nodules no reader could see
     assert after and max(after) <= 0.9
 
+
+def test_synth_refuses_a_share_outside_0_1(tmp_path, capsys):
+    from core.cli import main
+
+    assert main(["medical", "synth", "--cases", "1", "--out", str(tmp_path / "s"), "--min-visible-share", "1.5"]) == 2
+    assert "--min-visible-share 1.5: must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing written
+
 def test_elongated_components_score_below_round_ones():
     from apps.medical.postprocess import PostprocessConfig, extract_findings
 

@@ -39,9 +39,9 @@ def copy_figures(model, vocab_size: int, bos: int, run_length: int, runs: int, s
     # Position 0 predicts the run's first token from BOS; the repeat's first token has no cue either
     # (any token may follow the run), so both halves leave their first prediction out.
     first, repeat = slice(1, run_length), slice(run_length + 1, 2 * run_length)
-    return {"run_length": run_length, "runs": runs,
-            "loss_first": round(loss[:, first].mean().item(), 3), "loss_repeat": round(loss[:, repeat].mean().item(), 3),
-            "ratio_repeat_over_first": round(loss[:, repeat].mean().item() / loss[:, first].mean().item(), 3),
+    loss_first, loss_repeat = loss[:, first].mean().item(), loss[:, repeat].mean().item()
+    return {"run_length": run_length, "runs": runs, "loss_first": round(loss_first, 3),
+            "loss_repeat": round(loss_repeat, 3), "ratio_repeat_over_first": round(loss_repeat / loss_first, 3),
             "next_token_right_on_repeat": round(right[:, repeat].mean().item(), 3)}
 
 

@@ -160,7 +160,7 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
         if m.group(1) not in titles:
             problems.append({"citation": m.group(0), "reason": "not a law in the statute database"})
     unreal = [f["citation"] for f in answer.flagged if f["reason"] == "not a real statute article"]
-    if unreal and not any(not c["marker"].startswith("[") for c in answer.citations):
+    if unreal and all(c["marker"].startswith("[") for c in answer.citations):  # no real article kept
         problems.append({"citation": unreal[0], "reason": "every article it named was removed as not real"})
     return problems
 

@@ -133,7 +133,7 @@ class Phantom:
 
     def __init__(self, rng: np.random.Generator, half_fov: float, half_z: float, sizes: NoduleSizeModel,
                  n_nodules: int, small_boost: float, vessel_contact: float = 0.0,
-                 contact_offset: tuple[float, float] = (0.6, 1.0), min_visible_share: float = 0.0):
+                 contact_offset: tuple[float, float] = (0.6, 1.0), min_visible_share: float = 0.1):
         self.body = np.array([half_fov * rng.uniform(0.86, 0.94), half_fov * rng.uniform(0.7, 0.8)])
         self.lung_axes = np.array([self.body[0] * 0.38, self.body[1] * 0.72, half_z * 1.6])
         self.lung_centers = [np.array([s * self.body[0] * 0.47, 0.0, 0.0]) for s in (-1, 1)]

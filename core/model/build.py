@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from core.model.corpus import Corpus, CorpusSpec, generate_corpus
-from core.model.pretrain import PretrainConfig, PretrainResult, pack_token_stream, pretrain
+from core.model.pretrain import PretrainConfig, PretrainResult, add_copy_blocks, pack_token_stream, pretrain
 from shared.io import InputError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,36 @@ def weights_digest(directory: Path) -> str:
 
 def build_model(settings, *, preset: str | BuildPreset = "default", seed: int = 0, steps: int | None = None,
                 out: Path | None = None, progress: bool = True, registry=None,
-                report: Callable[[str], None] = log.info) -> BuildResult:
-    """Build, save (atomically), track and register a pre-trained deepseek-tiny; returns what happened."""
+                report: Callable[[str], None] = log.info, copy_share: float | None = None,
+                device: str | None = None) -> BuildResult:
+    """Build, save (atomically), track and register a pre-trained deepseek-tiny; returns what happened.
+    ``copy_share`` and ``device`` override the preset's pre-training (``PretrainConfig``)."""
     if isinstance(preset, str) and preset not in PRESETS:
         raise InputError(f"unknown build preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if copy_share is not None and not 0.0 <= copy_share < 1.0:
+        raise InputError(f"--copy-share must be in [0, 1) (a share of the training blocks), got {copy_share}")
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}")
+    if device is not None:
+        _check_device(device)
     spec = PRESETS[preset] if isinstance(preset, str) else preset
+    overrides = {k: v for k, v in (("copy_share", copy_share), ("device", device)) if v is not None}
+    if overrides:
+        spec = replace(spec, pretrain=replace(spec.pretrain, **overrides))
     with _transformers_progress_bars(progress):
         return _build(settings, spec, seed, steps, out, progress, registry, report)
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this machine lacks before minutes of corpus and tokenizer work, not after."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise InputError(f"--device {device!r} is not a torch device ({exc})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device on this machine (torch {torch.__version__})")
 
 
 @contextlib.contextmanager
@@ -164,23 +187,26 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
     report(f"training a {spec.vocab_size}-token byte-level BPE tokenizer on {corpus.stats['characters']:,} characters")
     tokenizer = train_bpe_tokenizer(corpus.tokenizer_texts(), vocab_size=spec.vocab_size)
     blocks = pack_token_stream(tokenize_corpus(corpus, tokenizer), train_config.seq_len)
+    corpus_tokens = blocks.numel()
+    blocks, labels = add_copy_blocks(blocks, train_config, tokenizer.bos_token_id, tokenizer.all_special_ids)
     model = build_untrained(tokenizer, seed=seed, **spec.model_overrides)
     n_params = sum(p.numel() for p in model.parameters())
+    copies = f" + {blocks.numel() - corpus_tokens:,} in copy blocks" if blocks.numel() > corpus_tokens else ""
     report(f"pre-training {n_params / 1e6:.1f}M parameters for {train_config.steps} steps on "
-           f"{blocks.numel():,} corpus tokens")
+           f"{corpus_tokens:,} corpus tokens{copies} ({train_config.device})")
 
     params = {"preset": spec.name, "seed": seed, "vocab_size": len(tokenizer), "parameters": n_params,
-              "corpus_tokens": blocks.numel(), **{f"corpus.{k}": v for k, v in asdict(corpus_spec).items()},
+              "corpus_tokens": corpus_tokens, **{f"corpus.{k}": v for k, v in asdict(corpus_spec).items()},
               **train_config.as_params(), **{f"model.{k}": v for k, v in model.config.to_diff_dict().items()
                                              if isinstance(v, (int, float, str, bool))}}
     with registry.start_run(EXPERIMENT, f"{spec.name}-seed{seed}", params) as run:
-        result = pretrain(model, blocks, train_config, progress=progress,
+        result = pretrain(model, blocks, train_config, labels=labels, progress=progress,
                           on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
         samples = generate_samples(model, tokenizer, spec.sample_tokens)
         run.log_dict(samples, "samples.json")
         run.log_dict(corpus.stats, "corpus_stats.json")
         info = {"model": MODEL_NAME, "preset": spec.name, "seed": seed, "steps": train_config.steps,
-                "parameters": n_params, "initial_loss": result.initial_loss, "final_loss": result.final_loss,
+                "parameters": n_params, "copy_share": train_config.copy_share, "initial_loss": result.initial_loss, "final_loss": result.final_loss,
                 "tokens_seen": result.tokens_seen, "corpus": corpus.stats, "mlflow_run_id": run.run_id,
                 "torch": torch.__version__, "python": platform.python_version()}
         version = _land_and_register(registry, model, tokenizer, out, info, run.run_id)

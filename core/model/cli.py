@@ -23,6 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--preset", choices=["default", "test"], default="default",
                    help="'test' builds a toy-sized model in seconds through the same code")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: DSV_HOME/models/deepseek-tiny)")
+    p.add_argument("--copy-share", type=float, default=None,
+                   help="share of training blocks that are synthetic copy blocks (0-1, default 0): teaches "
+                        "copying from the prompt, which needs a long build (many --steps; see "
+                        "docs/benchmarks/model.md, 'Copying')")
+    p.add_argument("--device", default=None, help="torch device to pre-train on, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output directory holds a model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
@@ -64,7 +69,8 @@ def cmd_build(args, settings) -> int:
             print(f"{out} already holds a model; use --force to rebuild it")
             return 0
     result = build_model(settings, preset=args.preset, seed=args.seed, steps=args.steps, out=out,
-                         progress=not args.no_progress, report=print)
+                         progress=not args.no_progress, report=print, copy_share=args.copy_share,
+                         device=args.device)
     for sample in result.samples:
         print(f"[{sample['domain']}] {sample['prompt'][:60]}...\n    -> {sample['reply']}")
     print(json.dumps({"path": str(result.path), "version": result.version, "run_id": result.run_id,

@@ -9,6 +9,14 @@ where the bias (``gate.e_score_correction_bias``) is *not* learned by gradient -
 nudged by ``gamma * sign(mean load - expert load)`` so over-used experts become less attractive. The
 transformers implementation keeps the bias as a buffer and never updates it (inference only), so this
 loop does the update itself with forward hooks on the routers, and reports the load imbalance.
+
+Copy blocks (``copy_share``, off by default): a share of synthetic blocks that only copying can predict.
+An answer that quotes its evidence needs a model that copies from its context (induction heads), and the
+default build does not learn it: measured by ``bench/model_copy.py``, deepseek-tiny's loss on a repeated
+run of tokens equals its loss on the first occurrence (docs/benchmarks/model.md, "Copying"). Induction
+forms only after a long plateau - more steps than 2 CPU cores give the default build - so these blocks are
+for long builds (``dsv model build --steps N --copy-share S [--device cuda]``); they are built so that no
+shortcut solves them (runs of random length reappear after a random gap: no fixed offset to learn).
 """
 from __future__ import annotations
 
@@ -37,6 +45,9 @@ class PretrainConfig:
     router_bias_gamma: float = 1e-3    # DeepSeek-V3's bias update speed
     threads: int = 1
     log_every: int = 10
+    copy_share: float = 0.0            # share of training blocks that are synthetic copy blocks (see above)
+    copy_alphabet: int = 512           # copy blocks draw from this many most frequent corpus tokens
+    device: str = "cpu"                # "cuda" on a GPU machine; the model comes back to the CPU after
 
     def as_params(self) -> dict:
         return {f"pretrain.{k}": v for k, v in asdict(self).items()}
@@ -75,6 +86,64 @@ def pack_token_stream(sequences: Iterable[list[int]], seq_len: int) -> torch.Ten
     return torch.tensor(flat[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
 
 
+def copy_blocks(n_blocks: int, seq_len: int, alphabet: torch.Tensor, bos: int, generator: torch.Generator,
+                min_run: int = 6, max_run: int = 24, max_gap: int = 20, with_mask: bool = False):
+    """``[n_blocks, seq_len]`` blocks of random ``alphabet`` tokens (BOS first) in which runs of
+    ``min_run``..``max_run`` tokens reappear after a gap of 0..``max_gap`` random tokens. Nothing in a block
+    but the earlier occurrence predicts a repeat, and the varying run length and gap leave no fixed
+    position offset to learn instead (a model that learns "copy the token 8 back" from runs of exactly 8
+    has learnt nothing it can use on a prompt). ``with_mask``: also a bool mask of the repeated tokens
+    that copying predicts (each repeat but its first token, which nothing announces)."""
+    if max_run * 2 + max_gap + 1 > seq_len:
+        raise ValueError(f"seq_len {seq_len} too short for copy runs of {max_run} tokens and gaps of {max_gap}")
+    pick = torch.randint(0, len(alphabet), (n_blocks, seq_len), generator=generator)
+    blocks = alphabet[pick]
+    blocks[:, 0] = bos
+    mask = torch.zeros(n_blocks, seq_len, dtype=torch.bool)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+    for row, repeats in zip(blocks, mask):
+        pos = 1 + draw(0, 8)
+        while True:
+            run, gap = draw(min_run, max_run), draw(0, max_gap)
+            if pos + 2 * run + gap > seq_len:
+                break
+            row[pos + run + gap: pos + 2 * run + gap] = row[pos: pos + run].clone()
+            repeats[pos + run + gap + 1: pos + 2 * run + gap] = True
+            pos += 2 * run + gap + draw(0, 8)
+    return (blocks, mask) if with_mask else blocks
+
+
+def add_copy_blocks(blocks: torch.Tensor, config: PretrainConfig, bos: int,
+                    special_ids=()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``blocks`` plus copy blocks making up ``config.copy_share`` of the result (shuffled in by
+    ``pretrain``'s batch order), and the labels to train them with: a copy block's random tokens are
+    masked out (-100), so the loss counts only what copying predicts and the model is not taught that
+    random tokens are likely text. Labels are None when there are no copy blocks (labels = inputs).
+    The alphabet is the corpus's ``copy_alphabet`` most frequent tokens other than ``special_ids``: tokens
+    whose embeddings the corpus trains, as the words a prompt is copied from are."""
+    if not 0.0 <= config.copy_share < 1.0:
+        raise ValueError(f"copy_share must be in [0, 1), got {config.copy_share}")
+    if config.copy_share == 0.0:
+        return blocks, None
+    counts = torch.bincount(blocks.reshape(-1))
+    for token in special_ids:
+        if token is not None and token < len(counts):
+            counts[token] = 0
+    alphabet = counts.argsort(descending=True)[: config.copy_alphabet]
+    alphabet = alphabet[counts[alphabet] > 0]
+    n_copy = round(len(blocks) * config.copy_share / (1.0 - config.copy_share))
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    seq_len = blocks.shape[1]
+    max_run = min(24, seq_len // 4)  # short test blocks get shorter runs
+    copies, predictable = copy_blocks(n_copy, seq_len, alphabet, bos, generator, min_run=min(6, max_run),
+                                      max_run=max_run, max_gap=min(20, seq_len // 4), with_mask=True)
+    copy_labels = copies.masked_fill(~predictable, -100)
+    return torch.cat([blocks, copies]), torch.cat([blocks, copy_labels])
+
+
 def lr_at(step: int, config: PretrainConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -91,8 +160,8 @@ class RouterBalancer:
 
         self.gamma = gamma
         self.routers = [m for m in model.modules() if isinstance(m, DeepseekV3TopkRouter)]
-        self.loads = [torch.zeros(r.num_experts) for r in self.routers]
-        self.window = [torch.zeros(r.num_experts) for r in self.routers]
+        self.loads = [torch.zeros(r.num_experts, device=r.weight.device) for r in self.routers]
+        self.window = [torch.zeros(r.num_experts, device=r.weight.device) for r in self.routers]
         self._hooks = [r.register_forward_hook(self._hook(i)) for i, r in enumerate(self.routers)]
 
     def _hook(self, index: int) -> Callable:
@@ -123,9 +192,10 @@ class RouterBalancer:
             hook.remove()
 
 
-def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, progress: bool = True,
-             on_log: Callable[[int, dict], None] | None = None) -> PretrainResult:
-    """Train ``model`` in place on ``blocks`` ([n, seq_len] token ids) for ``config.steps`` steps."""
+def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, labels: torch.Tensor | None = None,
+             progress: bool = True, on_log: Callable[[int, dict], None] | None = None) -> PretrainResult:
+    """Train ``model`` in place on ``blocks`` ([n, seq_len] token ids) for ``config.steps`` steps;
+    ``labels`` (same shape, -100 = not scored) default to the blocks themselves."""
     from tqdm.auto import tqdm
 
     # Process-wide torch settings are restored afterwards: a test session or a service that builds a
@@ -133,6 +203,7 @@ def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, progress: b
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled())
     seed_everything(config.seed, config.threads)
+    model.to(config.device)
     generator = torch.Generator().manual_seed(config.seed)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -152,11 +223,13 @@ def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, progress: b
         for step in bar:
             if cursor + config.batch_size > len(order):  # next epoch, new (seeded) order
                 order, cursor = torch.randperm(len(blocks), generator=generator), 0
-            batch = blocks[order[cursor: cursor + config.batch_size]]
+            picked = order[cursor: cursor + config.batch_size]
+            batch = blocks[picked].to(config.device)
+            targets = batch if labels is None else labels[picked].to(config.device)
             cursor += config.batch_size
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=targets).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -183,6 +256,7 @@ def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, progress: b
         balancer.close()
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        model.to("cpu")  # sampled, saved and served on the CPU
     model.eval()
     result.seconds = time.perf_counter() - start
     result.final_loss = result.losses[-1][1] if result.losses else float("nan")

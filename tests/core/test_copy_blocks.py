@@ -1,0 +1,104 @@
+"""Copy blocks for pre-training (``core.model.pretrain.copy_blocks`` / ``add_copy_blocks``) and the build
+options that use them (``dsv model build --copy-share``): real tensors, a real toy build."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from core.model.pretrain import PretrainConfig, add_copy_blocks, copy_blocks
+from shared.io import InputError
+from shared.settings import Settings
+
+
+def repeated_runs(row: torch.Tensor, min_run: int) -> list[tuple[int, int, int]]:
+    """(start, earlier start, length) of every maximal run of >= ``min_run`` tokens that occurred before."""
+    tokens, found, pos = row.tolist(), [], 1
+    while pos < len(tokens):
+        best = (0, -1)
+        for earlier in range(1, pos):
+            n = 0
+            while pos + n < len(tokens) and earlier + n < pos and tokens[earlier + n] == tokens[pos + n]:
+                n += 1
+            best = max(best, (n, earlier))
+        if best[0] >= min_run:
+            found.append((pos, best[1], best[0]))
+            pos += best[0]
+        else:
+            pos += 1
+    return found
+
+
+def test_copy_blocks_repeat_runs_of_varying_length_and_offset():
+    alphabet = torch.arange(100, 612)
+    blocks = copy_blocks(6, 256, alphabet, bos=1, generator=torch.Generator().manual_seed(0))
+    again = copy_blocks(6, 256, alphabet, bos=1, generator=torch.Generator().manual_seed(0))
+    assert blocks.shape == (6, 256) and torch.equal(blocks, again)  # seeded: the same blocks
+    assert (blocks[:, 0] == 1).all() and bool(torch.isin(blocks[:, 1:], alphabet).all())
+    runs = [run for row in blocks for run in repeated_runs(row, 6)]
+    assert len(runs) >= 6 * 4  # several repeats per 256-token block
+    # No fixed offset or length to learn instead of copying.
+    assert len({start - earlier for start, earlier, _ in runs}) > 10
+    assert len({length for *_, length in runs}) > 8
+    with pytest.raises(ValueError, match="too short"):
+        copy_blocks(1, 40, alphabet, 1, torch.Generator(), max_run=24, max_gap=20)
+
+
+def test_add_copy_blocks_mixes_the_share_from_frequent_non_special_tokens():
+    corpus = torch.tensor([[1, 5, 5, 5, 7, 7, 9, 2] * 8] * 30)  # ids 1, 2 are BOS / EOS
+    config = PretrainConfig(copy_share=0.25, copy_alphabet=2)
+    mixed, labels = add_copy_blocks(corpus, config, bos=1, special_ids=[1, 2])
+    assert torch.equal(mixed[:30], corpus) and len(mixed) == 40  # 10 of 40 blocks = 0.25
+    copies = mixed[30:]
+    assert set(copies[:, 1:].unique().tolist()) == {5, 7}  # the two most frequent, specials left out
+    # Corpus blocks are scored as they are; in a copy block only the repeated tokens are.
+    assert torch.equal(labels[:30], corpus)
+    scored = labels[30:] != -100
+    assert scored.any() and (~scored).any() and torch.equal(labels[30:][scored], copies[scored])
+    same, none = add_copy_blocks(corpus, PretrainConfig(), bos=1)  # off by default
+    assert same is corpus and none is None
+    with pytest.raises(ValueError, match="copy_share"):
+        add_copy_blocks(corpus, PretrainConfig(copy_share=1.0), bos=1)
+
+
+def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path):
+    from core.model.build import build_model
+    from core.registry import Registry
+
+    settings = Settings(home=tmp_path, mlflow_uri=None)
+    registry = Registry.from_settings(settings)
+    messages: list[str] = []
+    result = build_model(settings, preset="test", steps=8, out=tmp_path / "copy", progress=False,
+                         registry=registry, report=messages.append, copy_share=0.3, device="cpu")
+    assert any("in copy blocks" in m for m in messages)
+    info = json.loads((result.path / "build_info.json").read_text())
+    assert info["copy_share"] == 0.3
+    assert registry.run_params(result.run_id)["pretrain.copy_share"] == "0.3"
+    with pytest.raises(InputError, match="--copy-share"):
+        build_model(settings, preset="test", steps=8, out=tmp_path / "bad", progress=False, registry=registry,
+                    copy_share=1.5)
+    with pytest.raises(InputError, match="--steps"):
+        build_model(settings, preset="test", steps=0, out=tmp_path / "bad", progress=False, registry=registry)
+    with pytest.raises(InputError, match="--device"):
+        build_model(settings, preset="test", steps=8, out=tmp_path / "bad", progress=False, registry=registry,
+                    device="no-such-device")
+    if not torch.cuda.is_available():  # CI has no GPU: refused up front, with the reason
+        with pytest.raises(InputError, match="no CUDA device"):
+            build_model(settings, preset="test", steps=8, out=tmp_path / "bad", progress=False,
+                        registry=registry, device="cuda")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_copy_mask_marks_exactly_the_predictable_repeat_tokens():
+    alphabet = torch.arange(100, 612)
+    blocks, mask = copy_blocks(4, 128, alphabet, bos=1, generator=torch.Generator().manual_seed(3), with_mask=True)
+    assert torch.equal(blocks, copy_blocks(4, 128, alphabet, bos=1, generator=torch.Generator().manual_seed(3)))
+    for row, repeats in zip(blocks, mask):
+        expected = torch.zeros_like(repeats)
+        for start, _, length in repeated_runs(row, 6):
+            expected[start + 1: start + length] = True
+        # Every masked token is inside a repeat; a repeat may be longer than its mask when random
+        # neighbours happen to match, never shorter.
+        assert repeats.any() and bool((repeats <= expected).all())
+        assert repeats.sum() >= 0.8 * expected.sum()

@@ -8,7 +8,7 @@ stay on the plateau, the budget is too short for either, not the DeepSeek code a
 
     python bench/induction.py [--steps 1500] [--alphabet 64] [--device cuda]
 
-Session 16 (docs/benchmarks/model.md, "Copying"): 1,500 steps on 2 CPU cores are not enough for either.
+Session 16 (docs/benchmarks/model.md, "Copying"): 1,500-4,000 steps on 2 CPU cores are not enough for either.
 """
 from __future__ import annotations
 

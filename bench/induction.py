@@ -35,8 +35,8 @@ def build(arch: str, vocab: int, layers: int):
                                       bos_token_id=1, eos_token_id=2))
 
 
-def copy_loss(model, blocks, mask) -> tuple[float, float]:
-    """Mean loss and next-token accuracy on the masked (copy-predictable) targets."""
+def copy_loss(model, blocks, mask):
+    """Mean loss (a tensor, for backward) and next-token accuracy on the masked (copy-predictable) targets."""
     import torch
 
     logits = model(input_ids=blocks).logits[:, :-1]

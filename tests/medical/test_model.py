@@ -451,6 +451,7 @@ def test_synth_refuses_a_share_outside_0_1(tmp_path, capsys):
     assert "--min-visible-share 1.5: must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()  # nothing written
 
+
 def test_elongated_components_score_below_round_ones():
     from apps.medical.postprocess import PostprocessConfig, extract_findings
 

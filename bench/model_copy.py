@@ -4,7 +4,9 @@ An answer that must quote its evidence or name the article a passage applies has
 prompt. A model with induction-style copying predicts the second occurrence of a random run almost
 perfectly; one without it is as lost on the repeat as on the first occurrence. The first occurrence is the
 baseline in the same run, so the figure is a ratio (repeat loss / first loss: ~1 = no copying, near 0 =
-copies) and the next-token accuracy on the repeat.
+copies) and the next-token accuracy on the repeat. Two kinds of run: uniformly random token ids (only
+copying predicts them) and spans of domain text from a corpus the build never saw (``--text-spans``; the
+first occurrence's loss is then also the model's language-model loss on unseen text).
 
     python bench/model_copy.py [--model var/models/deepseek-tiny] [--adapter var/adapters/legal]
 
@@ -23,26 +25,57 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def copy_figures(model, vocab_size: int, bos: int, run_length: int, runs: int, seed: int) -> dict:
+def repeat_figures(model, runs, bos: int) -> dict:
+    """Loss and next-token accuracy on each run's first occurrence and on its immediate repeat
+    (``[BOS, run, run]``); ``runs`` is a ``[n, length]`` tensor of token ids."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    # Token ids from 100 up: clear of the special and byte tokens at the start of a BPE vocabulary.
-    run = torch.randint(100, vocab_size, (runs, run_length), generator=generator)
-    x = torch.cat([torch.full((runs, 1), bos), run, run], dim=1)
+    n, run_length = runs.shape
+    x = torch.cat([torch.full((n, 1), bos), runs, runs], dim=1)
     with torch.no_grad():
         logits = model(input_ids=x).logits[:, :-1]
     target = x[:, 1:]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                             reduction="none").view(runs, -1)
+                                             reduction="none").view(n, -1)
     right = (logits.argmax(-1) == target).float()
     # Position 0 predicts the run's first token from BOS; the repeat's first token has no cue either
     # (any token may follow the run), so both halves leave their first prediction out.
     first, repeat = slice(1, run_length), slice(run_length + 1, 2 * run_length)
     loss_first, loss_repeat = loss[:, first].mean().item(), loss[:, repeat].mean().item()
-    return {"run_length": run_length, "runs": runs, "loss_first": round(loss_first, 3),
+    return {"run_length": run_length, "runs": n, "loss_first": round(loss_first, 3),
             "loss_repeat": round(loss_repeat, 3), "ratio_repeat_over_first": round(loss_repeat / loss_first, 3),
+            "next_token_right_on_first": round(right[:, first].mean().item(), 3),
             "next_token_right_on_repeat": round(right[:, repeat].mean().item(), 3)}
+
+
+def copy_figures(model, vocab_size: int, bos: int, run_length: int, runs: int, seed: int) -> dict:
+    """Runs of uniformly random token ids: nothing but copying predicts the repeat (the hard case: rare
+    tokens too)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    # Token ids from 100 up: clear of the special and byte tokens at the start of a BPE vocabulary.
+    return repeat_figures(model, torch.randint(100, vocab_size, (runs, run_length), generator=generator), bos)
+
+
+def text_span_figures(model, tokenizer, run_length: int, runs: int, seed: int) -> dict:
+    """Spans of domain text the model never trained on (a corpus of another seed than the build's 0).
+    The first occurrence's loss is the model's language-model loss on such text; the repeat shows
+    whether it copies text it has just read, which is what a prompt asks of it."""
+    import random
+
+    import torch
+
+    from core.model.build import tokenize_corpus
+    from core.model.corpus import CorpusSpec, generate_corpus
+
+    corpus = generate_corpus(CorpusSpec(seed=seed + 1000, cases_per_domain=10, prc_statute_articles=40,
+                                        eu_statute_articles=10))
+    stream = [t for ids in tokenize_corpus(corpus, tokenizer) for t in ids[1:-1]]  # no BOS / EOS inside a span
+    rng = random.Random(seed)
+    starts = [rng.randrange(0, len(stream) - run_length) for _ in range(runs)]
+    spans = torch.tensor([stream[s: s + run_length] for s in starts])
+    return repeat_figures(model, spans, tokenizer.bos_token_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-lengths", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--runs", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--text-spans", type=int, default=32, help="spans of unseen domain text to repeat (0: none)")
     args = ap.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if not (args.model / "config.json").exists():
@@ -69,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     config = model.config
     bos = config.bos_token_id if config.bos_token_id is not None else 0
     figures = [copy_figures(model, config.vocab_size, bos, n, args.runs, args.seed) for n in args.run_lengths]
+    spans = []
+    if args.text_spans:
+        tokenizer = AutoTokenizer.from_pretrained(str(args.model))
+        spans = [text_span_figures(model, tokenizer, 24, args.text_spans, args.seed)]
     print(json.dumps({"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None,
-                      "random_token_runs": figures}, indent=1))
+                      "random_token_runs": figures, "text_spans": spans}, indent=1))
     return 0
 
 

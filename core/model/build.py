@@ -121,19 +121,21 @@ def weights_digest(directory: Path) -> str:
 def build_model(settings, *, preset: str | BuildPreset = "default", seed: int = 0, steps: int | None = None,
                 out: Path | None = None, progress: bool = True, registry=None,
                 report: Callable[[str], None] = log.info, copy_share: float | None = None,
-                device: str | None = None) -> BuildResult:
+                device: str | None = None, lr: float | None = None) -> BuildResult:
     """Build, save (atomically), track and register a pre-trained deepseek-tiny; returns what happened.
-    ``copy_share`` and ``device`` override the preset's pre-training (``PretrainConfig``)."""
+    ``copy_share``, ``device`` and ``lr`` override the preset's pre-training (``PretrainConfig``)."""
     if isinstance(preset, str) and preset not in PRESETS:
         raise InputError(f"unknown build preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if copy_share is not None and not 0.0 <= copy_share < 1.0:
         raise InputError(f"--copy-share must be in [0, 1) (a share of the training blocks), got {copy_share}")
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}")
+    if lr is not None and not 0.0 < lr < 1.0:
+        raise InputError(f"--lr must be a learning rate in (0, 1), got {lr}")
     if device is not None:
         _check_device(device)
     spec = PRESETS[preset] if isinstance(preset, str) else preset
-    overrides = {k: v for k, v in (("copy_share", copy_share), ("device", device)) if v is not None}
+    overrides = {k: v for k, v in (("copy_share", copy_share), ("device", device), ("lr", lr)) if v is not None}
     if overrides:
         spec = replace(spec, pretrain=replace(spec.pretrain, **overrides))
     with _transformers_progress_bars(progress):
@@ -206,7 +208,8 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
         run.log_dict(samples, "samples.json")
         run.log_dict(corpus.stats, "corpus_stats.json")
         info = {"model": MODEL_NAME, "preset": spec.name, "seed": seed, "steps": train_config.steps,
-                "parameters": n_params, "copy_share": train_config.copy_share, "initial_loss": result.initial_loss, "final_loss": result.final_loss,
+                "parameters": n_params, "lr": train_config.lr, "copy_share": train_config.copy_share,
+                "initial_loss": result.initial_loss, "final_loss": result.final_loss,
                 "tokens_seen": result.tokens_seen, "corpus": corpus.stats, "mlflow_run_id": run.run_id,
                 "torch": torch.__version__, "python": platform.python_version()}
         version = _land_and_register(registry, model, tokenizer, out, info, run.run_id)

@@ -27,6 +27,10 @@ def register(subparsers) -> None:
                    help="share of training blocks that are synthetic copy blocks (0-1, default 0): teaches "
                         "copying from the prompt, which needs a long build (many --steps; see "
                         "docs/benchmarks/model.md, 'Copying')")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: the preset's, 3e-3). Copying from copy blocks is learnt at "
+                        "1e-3 and stalls at 3e-3, so a --copy-share build wants --lr 1e-3 "
+                        "(docs/benchmarks/model.md, 'Copying, continued')")
     p.add_argument("--device", default=None, help="torch device to pre-train on, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output directory holds a model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -70,7 +74,7 @@ def cmd_build(args, settings) -> int:
             return 0
     result = build_model(settings, preset=args.preset, seed=args.seed, steps=args.steps, out=out,
                          progress=not args.no_progress, report=print, copy_share=args.copy_share,
-                         device=args.device)
+                         device=args.device, lr=args.lr)
     for sample in result.samples:
         print(f"[{sample['domain']}] {sample['prompt'][:60]}...\n    -> {sample['reply']}")
     print(json.dumps({"path": str(result.path), "version": result.version, "run_id": result.run_id,

@@ -14,8 +14,9 @@ Copy blocks (``copy_share``, off by default): a share of synthetic blocks that o
 An answer that quotes its evidence needs a model that copies from its context (induction heads), and the
 default build does not learn it: measured by ``bench/model_copy.py``, deepseek-tiny's loss on a repeated
 run of tokens equals its loss on the first occurrence (docs/benchmarks/model.md, "Copying"). Induction
-forms only after a long plateau - more steps than 2 CPU cores give the default build - so these blocks are
-for long builds (``dsv model build --steps N --copy-share S [--device cuda]``); they are built so that no
+forms only after a plateau - more steps than 2 CPU cores give the default build, and none at all within
+4,000 steps at the preset's lr 3e-3 - so these blocks are for long builds at a lower rate
+(``dsv model build --steps N --copy-share S --lr 1e-3 [--device cuda]``); they are built so that no
 shortcut solves them (runs of random length reappear after a random gap: no fixed offset to learn).
 """
 from __future__ import annotations

@@ -62,7 +62,20 @@ def test_add_copy_blocks_mixes_the_share_from_frequent_non_special_tokens():
         add_copy_blocks(corpus, PretrainConfig(copy_share=1.0), bos=1)
 
 
-def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path):
+def run_model_copy_bench(model_dir, capsys) -> dict:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "model_copy.py"
+    spec = importlib.util.spec_from_file_location("model_copy_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    capsys.readouterr()
+    assert bench.main(["--model", str(model_dir), "--run-lengths", "8", "--runs", "3", "--text-spans", "3"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path, capsys):
     from core.model.build import build_model
     from core.registry import Registry
 
@@ -70,14 +83,24 @@ def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path):
     registry = Registry.from_settings(settings)
     messages: list[str] = []
     result = build_model(settings, preset="test", steps=8, out=tmp_path / "copy", progress=False,
-                         registry=registry, report=messages.append, copy_share=0.3, device="cpu")
+                         registry=registry, report=messages.append, copy_share=0.3, device="cpu", lr=1e-3)
     assert any("in copy blocks" in m for m in messages)
     info = json.loads((result.path / "build_info.json").read_text())
-    assert info["copy_share"] == 0.3
-    assert registry.run_params(result.run_id)["pretrain.copy_share"] == "0.3"
+    assert info["copy_share"] == 0.3 and info["lr"] == 1e-3  # the test preset's own lr is 3e-3
+    params = registry.run_params(result.run_id)
+    assert params["pretrain.copy_share"] == "0.3" and params["pretrain.lr"] == "0.001"
+    # bench/model_copy.py measures such a build: random runs and unseen text spans, first vs repeat.
+    figures = run_model_copy_bench(result.path, capsys)
+    for part in figures["random_token_runs"] + figures["text_spans"]:
+        assert part["runs"] == 3 and 0 < part["loss_first"] < 20 and 0 < part["loss_repeat"] < 20
+        assert 0.0 <= part["next_token_right_on_repeat"] <= 1.0
     with pytest.raises(InputError, match="--copy-share"):
         build_model(settings, preset="test", steps=8, out=tmp_path / "bad", progress=False, registry=registry,
                     copy_share=1.5)
+    for bad_lr in (0.0, -1e-3, 2.0):
+        with pytest.raises(InputError, match="--lr"):
+            build_model(settings, preset="test", steps=8, out=tmp_path / "bad", progress=False, registry=registry,
+                        lr=bad_lr)
     with pytest.raises(InputError, match="--steps"):
         build_model(settings, preset="test", steps=0, out=tmp_path / "bad", progress=False, registry=registry)
     with pytest.raises(InputError, match="--device"):

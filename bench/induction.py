@@ -1,17 +1,22 @@
-"""How long until a fresh model learns to copy? deepseek-tiny against a GPT-2 of the same width.
+"""How long until a fresh model learns to copy? deepseek-tiny against baselines of the same width.
 
-Both train on nothing but copy blocks (``core.model.pretrain.copy_blocks``: random tokens in which runs of
-random length reappear after a random gap). Only the repeats are predictable, and only by copying, so
-the loss on them (``copy_loss``) sits at the uniform ln(alphabet) until induction forms, then drops towards
-0. The GPT-2 (standard multi-head attention, learned positions) is the baseline in the same run: if both
-stay on the plateau, the budget is too short for either, not the DeepSeek code at fault.
+Every model trains on nothing but copy blocks (``core.model.pretrain.copy_blocks``: random tokens in which
+runs of random length reappear after a random gap). Only the repeats are predictable, and only by copying,
+so the loss on them (``copy_loss``) sits at the uniform ln(alphabet) until induction forms, then drops
+towards 0. The baselines train in the same run: a GPT-2 (plain multi-head attention, learned positions)
+and a Llama (RoPE, RMSNorm and SwiGLU like deepseek-tiny, but plain attention instead of MLA and a dense
+MLP instead of MoE). If all stay on the plateau, the budget is too short, not the DeepSeek code at fault.
 
-    python bench/induction.py [--steps 4000] [--alphabet 64] [--lr 1e-3 3e-3] [--device cuda]
+    python bench/induction.py [--archs deepseek-tiny gpt2 llama] [--steps 4000] [--lr 1e-3 3e-3]
+                              [--set KEY=VALUE ...] [--mlp-off-steps 3000] [--device cuda]
 
-The learning rate decides whether copying forms at all (docs/benchmarks/model.md, "Copying, continued"): at
-3e-3 (the build's default) deepseek-tiny stays on the plateau for 4,000 steps (session 16); at 1e-3 it
-leaves it (0.88 of the uniform loss at 4,000 steps, session 17), and a minimal transformer copies.
-``--lr`` takes several values, each trained in the same run for comparison.
+What has been learnt with it (docs/benchmarks/model.md, "Copying"): the learning rate decides whether
+copying forms at all (at 3e-3 deepseek-tiny stays at the uniform loss; at 1e-3 it reaches a lower plateau,
+~0.8 of it, still without copying); the MLP layers hold it back (a GPT-2 whose MLPs are cut to one unit,
+``--set n_inner=1``, copies within 7,000 steps; with its MLPs it does not in 10,000); and so does
+deepseek-tiny's attention (with MLPs cut, a Llama of its widths copies within 2,000 steps, deepseek-tiny
+does not in 6,000). ``--set`` changes config fields of the models trained (ablations); ``--mlp-off-steps``
+trains attention-only first, then brings the MLPs in.
 """
 from __future__ import annotations
 
@@ -27,15 +32,56 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def build(arch: str, vocab: int, layers: int):
-    from transformers import DeepseekV3ForCausalLM, GPT2Config, GPT2LMHeadModel
+GPT2_BASELINE = {"n_embd": 256, "n_head": 4, "n_positions": 1024, "bos_token_id": 1, "eos_token_id": 2}
+# A Llama of deepseek-tiny's widths: RoPE, RMSNorm and SwiGLU like deepseek-tiny, but plain multi-head
+# attention instead of MLA and a dense MLP instead of MoE - it tells the two apart from the rest.
+LLAMA_BASELINE = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 4,
+                  "max_position_embeddings": 1024, "bos_token_id": 1, "eos_token_id": 2}
+ARCHS = ("deepseek-tiny", "gpt2", "llama")
+
+
+def config_fields(arch: str) -> set[str]:
+    """What ``--set`` may change: deepseek-tiny's preset fields, or any field of the baseline's config."""
+    from dataclasses import fields
+
+    from transformers import GPT2Config, LlamaConfig
+
+    from core.model.tiny import TinyPreset
+
+    if arch == "deepseek-tiny":
+        return {f.name for f in fields(TinyPreset)}
+    return set((GPT2Config if arch == "gpt2" else LlamaConfig)().to_dict())
+
+
+def build(arch: str, vocab: int, layers: int, overrides: dict | None = None):
+    from transformers import DeepseekV3ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from core.model.tiny import tiny_config
 
     if arch == "deepseek-tiny":
-        return DeepseekV3ForCausalLM(tiny_config(vocab_size=vocab, num_hidden_layers=layers))
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=256, n_layer=layers, n_head=4, n_positions=1024,
-                                      bos_token_id=1, eos_token_id=2))
+        return DeepseekV3ForCausalLM(tiny_config(vocab_size=vocab, num_hidden_layers=layers, **(overrides or {})))
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**{"vocab_size": vocab, "num_hidden_layers": layers, **LLAMA_BASELINE,
+                                               **(overrides or {})}))
+    return GPT2LMHeadModel(GPT2Config(**{"vocab_size": vocab, "n_layer": layers, **GPT2_BASELINE, **(overrides or {})}))
+
+
+class MLPGate:
+    """Scales every layer's MLP (dense or MoE) output by ``scale``: 0 for the first ``off_steps`` steps - an
+    attention-only model, whose MLPs get no gradient either - then up to 1 over ``ramp`` steps. Attention-only
+    models form induction heads far sooner than the same model with its MLPs (docs/benchmarks/model.md,
+    session 18), so this asks whether heads formed that way survive the MLPs joining."""
+
+    def __init__(self, model, off_steps: int, ramp: int):
+        layers = model.model.layers if hasattr(model, "model") else model.transformer.h
+        self.off_steps, self.ramp, self.scale = off_steps, max(ramp, 1), 0.0 if off_steps else 1.0
+        self.handles = [layer.mlp.register_forward_hook(self._scaled) for layer in layers]
+
+    def _scaled(self, module, inputs, output):
+        return output * self.scale
+
+    def at_step(self, step: int) -> None:
+        self.scale = min(1.0, max(0.0, (step - self.off_steps) / self.ramp))
 
 
 def copy_loss(model, blocks, mask):
@@ -55,13 +101,16 @@ def train(arch: str, lr: float, args) -> dict:
     from core.model.pretrain import copy_blocks
 
     torch.manual_seed(args.seed)
-    model = build(arch, args.vocab, args.layers).to(args.device)
+    model = build(arch, args.vocab, args.layers, args.set).to(args.device)
+    gate = MLPGate(model, args.mlp_off_steps, args.mlp_ramp) if args.mlp_off_steps else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     alphabet = torch.arange(100, 100 + args.alphabet)
     train_gen, eval_gen = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(args.seed + 99)
     eval_blocks, eval_mask = (t.to(args.device) for t in copy_blocks(32, args.seq_len, alphabet, 1, eval_gen, with_mask=True))
     curve, start, formed_at = [], time.perf_counter(), None
     for step in range(1, args.steps + 1):
+        if gate:
+            gate.at_step(step)
         blocks, mask = (t.to(args.device) for t in copy_blocks(args.batch, args.seq_len, alphabet, 1, train_gen,
                                                               with_mask=True))
         loss, _ = copy_loss(model, blocks, mask)
@@ -72,13 +121,31 @@ def train(arch: str, lr: float, args) -> dict:
         if step % args.eval_every == 0 or step == args.steps:
             with torch.no_grad():
                 held, right = copy_loss(model, eval_blocks, eval_mask)
-            curve.append({"step": step, "copy_loss": round(held.item(), 3), "copy_right": round(right, 3)})
+            curve.append({"step": step, "copy_loss": round(held.item(), 3), "copy_right": round(right, 3),
+                          **({"mlp_scale": round(gate.scale, 3)} if gate else {})})
             print(json.dumps({"arch": arch, "lr": lr, **curve[-1], "seconds": round(time.perf_counter() - start)}),
                   file=sys.stderr, flush=True)
             if formed_at is None and right >= 0.5:
                 formed_at = step
-    return {"arch": arch, "lr": lr, "uniform_loss": round(math.log(args.alphabet), 3), "final": curve[-1],
+    return {"arch": arch, "lr": lr, "overrides": args.set, "mlp_off_steps": args.mlp_off_steps,
+            "uniform_loss": round(math.log(args.alphabet), 3), "final": curve[-1],
             "copy_right_0.5_at_step": formed_at, "seconds": round(time.perf_counter() - start), "curve": curve}
+
+
+def config_override(text: str) -> tuple[str, int | float | None]:
+    """``KEY=VALUE`` for ``--set``; VALUE an int, a float or ``none`` (KEY is checked against the archs in main)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    if value.lower() == "none":
+        return key, None
+    try:
+        return key, int(value)
+    except ValueError:
+        try:
+            return key, float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number or none") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,8 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--archs", nargs="+", default=["deepseek-tiny", "gpt2"], choices=["deepseek-tiny", "gpt2"])
+    ap.add_argument("--archs", nargs="+", default=["deepseek-tiny", "gpt2"], choices=ARCHS)
+    ap.add_argument("--set", type=config_override, action="append", default=[], metavar="KEY=VALUE",
+                    help="change a config field of every arch trained in this run (repeatable): a deepseek-tiny "
+                         "preset field (kv_lora_rank=128; q_lora_rank=none drops the query compression) or a "
+                         "GPT2Config field (n_embd=128, n_inner=1 for almost no MLP)")
+    ap.add_argument("--mlp-off-steps", type=int, default=0,
+                    help="train the first N steps with every MLP's output scaled to 0 (attention only), then bring "
+                         "the MLPs in over --mlp-ramp steps")
+    ap.add_argument("--mlp-ramp", type=int, default=500)
     args = ap.parse_args(argv)
+    args.set = dict(args.set)
+    for arch in args.archs:
+        unknown = sorted(set(args.set) - config_fields(arch))
+        if unknown:
+            ap.error(f"--set {', '.join(unknown)}: not a field of {arch}'s config "
+                     f"(known: {', '.join(sorted(config_fields(arch)))})")
 
     import torch
 

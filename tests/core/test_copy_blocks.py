@@ -62,14 +62,20 @@ def test_add_copy_blocks_mixes_the_share_from_frequent_non_special_tokens():
         add_copy_blocks(corpus, PretrainConfig(copy_share=1.0), bos=1)
 
 
-def run_model_copy_bench(model_dir, capsys) -> dict:
+def load_bench(name: str):
+    """A script under bench/ as a module (bench/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "model_copy.py"
-    spec = importlib.util.spec_from_file_location("model_copy_bench", path)
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def run_model_copy_bench(model_dir, capsys) -> dict:
+    bench = load_bench("model_copy")
     capsys.readouterr()
     assert bench.main(["--model", str(model_dir), "--run-lengths", "8", "--runs", "3", "--text-spans", "3"]) == 0
     return json.loads(capsys.readouterr().out)
@@ -125,3 +131,53 @@ def test_copy_mask_marks_exactly_the_predictable_repeat_tokens():
         # neighbours happen to match, never shorter.
         assert repeats.any() and bool((repeats <= expected).all())
         assert repeats.sum() >= 0.8 * expected.sum()
+
+
+def test_induction_bench_trains_the_preset_it_is_given_and_refuses_unknown_fields(capsys):
+    bench = load_bench("induction")
+    model = bench.build("deepseek-tiny", vocab=512, layers=2, overrides={"kv_lora_rank": 48, "q_lora_rank": None})
+    assert model.config.kv_lora_rank == 48 and model.config.q_lora_rank is None
+    assert model.model.layers[0].self_attn.kv_a_proj_with_mqa.out_features == 48 + model.config.qk_rope_head_dim
+
+    capsys.readouterr()
+    assert bench.main(["--archs", "deepseek-tiny", "--steps", "3", "--eval-every", "3", "--seq-len", "80",
+                       "--batch", "2", "--set", "kv_lora_rank=48", "--set", "q_lora_rank=none"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["overrides"] == {"kv_lora_rank": 48, "q_lora_rank": None}
+    assert result["final"]["step"] == 3 and 0 < result["final"]["copy_loss"] < 20
+
+    gpt2 = bench.build("gpt2", vocab=512, layers=2, overrides={"n_embd": 64, "n_inner": 1})
+    assert gpt2.config.n_embd == 64 and gpt2.transformer.h[0].mlp.c_fc.nf == 1
+
+    # Every arch of the run must know the field: n_embd is GPT-2's, not deepseek-tiny's.
+    for bad in (["--set", "no_such_field=1"], ["--set", "kv_lora_rank"], ["--set", "kv_lora_rank=wide"],
+                ["--archs", "deepseek-tiny", "gpt2", "--set", "n_embd=128"]):
+        with pytest.raises(SystemExit):
+            bench.main(bad)
+        assert "--set" in capsys.readouterr().err
+
+
+def test_induction_bench_mlp_gate_trains_attention_only_then_brings_the_mlps_in():
+    bench = load_bench("induction")
+    alphabet = torch.arange(100, 164)
+    blocks, mask = copy_blocks(2, 80, alphabet, 1, torch.Generator().manual_seed(0), with_mask=True)
+    for arch in ("deepseek-tiny", "gpt2"):
+        model = bench.build(arch, vocab=512, layers=2)
+        gate = bench.MLPGate(model, off_steps=10, ramp=4)
+        mlps = [m for name, m in model.named_modules() if name.endswith(".mlp")]
+        assert len(mlps) == 2
+
+        gate.at_step(3)  # attention only: the MLPs neither contribute nor learn
+        loss, _ = bench.copy_loss(model, blocks, mask)
+        loss.backward()
+        assert all(p.grad is None or not p.grad.any() for m in mlps for p in m.parameters())
+        assert any(p.grad is not None and p.grad.any() for n, p in model.named_parameters() if "attn" in n)
+
+        model.zero_grad(set_to_none=True)
+        gate.at_step(12)  # half way up the ramp
+        assert gate.scale == 0.5
+        loss, _ = bench.copy_loss(model, blocks, mask)
+        loss.backward()
+        assert any(p.grad is not None and p.grad.any() for m in mlps for p in m.parameters())
+        gate.at_step(100)
+        assert gate.scale == 1.0

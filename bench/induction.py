@@ -74,7 +74,8 @@ class MLPGate:
 
     def __init__(self, model, off_steps: int, ramp: int):
         layers = model.model.layers if hasattr(model, "model") else model.transformer.h
-        self.off_steps, self.ramp, self.scale = off_steps, max(ramp, 1), 0.0 if off_steps else 1.0
+        self.off_steps, self.ramp = off_steps, max(ramp, 1)
+        self.at_step(0)
         self.handles = [layer.mlp.register_forward_hook(self._scaled) for layer in layers]
 
     def _scaled(self, module, inputs, output):
@@ -174,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.set = dict(args.set)
     for arch in args.archs:
-        unknown = sorted(set(args.set) - config_fields(arch))
+        known = config_fields(arch)
+        unknown = sorted(set(args.set) - known)
         if unknown:
-            ap.error(f"--set {', '.join(unknown)}: not a field of {arch}'s config "
-                     f"(known: {', '.join(sorted(config_fields(arch)))})")
+            ap.error(f"--set {', '.join(unknown)}: not a field of {arch}'s config (known: {', '.join(sorted(known))})")
 
     import torch
 

@@ -161,9 +161,10 @@ def test_induction_bench_mlp_gate_trains_attention_only_then_brings_the_mlps_in(
     bench = load_bench("induction")
     alphabet = torch.arange(100, 164)
     blocks, mask = copy_blocks(2, 80, alphabet, 1, torch.Generator().manual_seed(0), with_mask=True)
-    for arch in ("deepseek-tiny", "gpt2"):
+    for arch in bench.ARCHS:
         model = bench.build(arch, vocab=512, layers=2)
         gate = bench.MLPGate(model, off_steps=10, ramp=4)
+        assert gate.scale == 0.0
         mlps = [m for name, m in model.named_modules() if name.endswith(".mlp")]
         assert len(mlps) == 2
 

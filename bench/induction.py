@@ -8,15 +8,18 @@ and a Llama (RoPE, RMSNorm and SwiGLU like deepseek-tiny, but plain attention in
 MLP instead of MoE). If all stay on the plateau, the budget is too short, not the DeepSeek code at fault.
 
     python bench/induction.py [--archs deepseek-tiny gpt2 llama] [--steps 4000] [--lr 1e-3 3e-3]
-                              [--set KEY=VALUE ...] [--mlp-off-steps 3000] [--device cuda]
+                              [--set KEY=VALUE ...] [--mlp-off-steps 3000] [--latent-lr 0 --latent-lr-until 3000]
+                              [--device cuda]
 
 What has been learnt with it (docs/benchmarks/model.md, "Copying"): the learning rate decides whether
 copying forms at all (at 3e-3 deepseek-tiny stays at the uniform loss; at 1e-3 it reaches a lower plateau,
 ~0.8 of it, still without copying); the MLP layers hold it back (a GPT-2 whose MLPs are cut to one unit,
 ``--set n_inner=1``, copies within 7,000 steps; with its MLPs it does not in 10,000); and so does
 deepseek-tiny's attention (with MLPs cut, a Llama of its widths copies within 2,000 steps, deepseek-tiny
-does not in 6,000). ``--set`` changes config fields of the models trained (ablations); ``--mlp-off-steps``
-trains attention-only first, then brings the MLPs in.
+does not in 6,000). Session 19 located that in MLA's key/value latent, through which the values pass
+(bench/mla_parts.py): kept at its random init (``--latent-lr 0``) with ``kv_lora_rank=256``, deepseek-tiny
+copies too. ``--set`` changes config fields of the models trained (ablations); ``--mlp-off-steps`` trains
+attention-only first, then brings the MLPs in; ``--latent-lr`` slows or holds the latent.
 """
 from __future__ import annotations
 
@@ -85,6 +88,35 @@ class MLPGate:
         self.scale = min(1.0, max(0.0, (step - self.off_steps) / self.ramp))
 
 
+class LatentLR:
+    """MLA's key/value latent (the first ``kv_lora_rank`` rows of every ``kv_a_proj_with_mqa``, i.e. the
+    down-projection that content keys and values share) trains at lr x ``mult`` until step ``until`` (None:
+    throughout), then like the rest; 0 keeps it at its random init. The optimizer's update of those rows is
+    scaled after each step, because Adam's update does not depend on the scale of a gradient."""
+
+    def __init__(self, model, optimizer, mult: float, until: int | None = None):
+        self.rows = [(layer.self_attn.kv_a_proj_with_mqa.weight, layer.self_attn.kv_lora_rank)
+                     for layer in model.model.layers if hasattr(layer.self_attn, "kv_a_proj_with_mqa")]
+        if not self.rows:
+            raise ValueError(f"{type(model).__name__} has no MLA latent (kv_a_proj_with_mqa)")
+        self.mult, self.until, self.steps, self._before = mult, until, 0, []
+        optimizer.register_step_pre_hook(self._remember)
+        optimizer.register_step_post_hook(self._scale_update)
+
+    def _remember(self, optimizer, args, kwargs):
+        self._before = [weight.detach()[:rows].clone() for weight, rows in self.rows]
+
+    def _scale_update(self, optimizer, args, kwargs):
+        self.steps += 1
+        if self.until is not None and self.steps > self.until:
+            return
+        import torch
+
+        with torch.no_grad():
+            for (weight, rows), before in zip(self.rows, self._before):
+                weight[:rows] = before + self.mult * (weight[:rows] - before)
+
+
 def copy_loss(model, blocks, mask):
     """Mean loss (a tensor, for backward) and next-token accuracy on the masked (copy-predictable) targets."""
     import torch
@@ -96,18 +128,21 @@ def copy_loss(model, blocks, mask):
     return loss, right.item()
 
 
-def train(arch: str, lr: float, args) -> dict:
+def train(arch: str, lr: float, args, build_model=build) -> dict:
     import torch
 
     from core.model.pretrain import copy_blocks
 
     torch.manual_seed(args.seed)
-    model = build(arch, args.vocab, args.layers, args.set).to(args.device)
+    model = build_model(arch, args.vocab, args.layers, args.set).to(args.device)
     gate = MLPGate(model, args.mlp_off_steps, args.mlp_ramp) if args.mlp_off_steps else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    if args.latent_lr != 1.0:
+        LatentLR(model, optimizer, args.latent_lr, args.latent_lr_until)
     alphabet = torch.arange(100, 100 + args.alphabet)
     train_gen, eval_gen = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(args.seed + 99)
-    eval_blocks, eval_mask = (t.to(args.device) for t in copy_blocks(32, args.seq_len, alphabet, 1, eval_gen, with_mask=True))
+    eval_blocks, eval_mask = (t.to(args.device)
+                              for t in copy_blocks(32, args.seq_len, alphabet, 1, eval_gen, with_mask=True))
     curve, start, formed_at = [], time.perf_counter(), None
     for step in range(1, args.steps + 1):
         if gate:
@@ -129,6 +164,7 @@ def train(arch: str, lr: float, args) -> dict:
             if formed_at is None and right >= 0.5:
                 formed_at = step
     return {"arch": arch, "lr": lr, "overrides": args.set, "mlp_off_steps": args.mlp_off_steps,
+            "latent_lr": args.latent_lr, "latent_lr_until": args.latent_lr_until,
             "uniform_loss": round(math.log(args.alphabet), 3), "final": curve[-1],
             "copy_right_0.5_at_step": formed_at, "seconds": round(time.perf_counter() - start), "curve": curve}
 
@@ -149,7 +185,7 @@ def config_override(text: str) -> tuple[str, int | float | None]:
             raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number or none") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=16)
@@ -172,8 +208,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="train the first N steps with every MLP's output scaled to 0 (attention only), then bring "
                          "the MLPs in over --mlp-ramp steps")
     ap.add_argument("--mlp-ramp", type=int, default=500)
-    args = ap.parse_args(argv)
+    ap.add_argument("--latent-lr", type=float, default=1.0, metavar="M",
+                    help="deepseek-tiny only: MLA's key/value latent down-projection trains at lr x M (0 = kept "
+                         "at its random init); it is what holds copying back in MLA (docs/benchmarks/model.md, "
+                         "session 19)")
+    ap.add_argument("--latent-lr-until", type=int, default=None, metavar="STEP",
+                    help="from this step on the latent trains like the rest (default: --latent-lr throughout)")
+    return ap
+
+
+def run(ap: argparse.ArgumentParser, args, build_model=build, record: dict | None = None) -> int:
+    """Train every arch x lr of ``args`` (parsed by ``ap``, which reports bad ``--set`` keys) and print the JSON.
+    ``build_model`` stands in for ``build`` where a caller changes the models, and ``record`` says how in the
+    JSON (bench/mla_parts.py)."""
     args.set = dict(args.set)
+    if args.latent_lr != 1.0 and set(args.archs) != {"deepseek-tiny"}:
+        ap.error("--latent-lr: only deepseek-tiny has an MLA latent; run it with --archs deepseek-tiny")
     for arch in args.archs:
         known = config_fields(arch)
         unknown = sorted(set(args.set) - known)
@@ -183,12 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    results = [train(arch, lr, args) for arch in args.archs for lr in args.lr]
+    results = [train(arch, lr, args, build_model) for arch in args.archs for lr in args.lr]
     for r in results:
         r["copy_loss_over_uniform"] = round(r["final"]["copy_loss"] / r["uniform_loss"], 3)
     print(json.dumps({"steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "alphabet": args.alphabet,
-                      "device": args.device, "results": results}, indent=1))
+                      "device": args.device, **(record or {}), "results": results}, indent=1))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    return run(ap, ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -65,11 +65,13 @@ def test_add_copy_blocks_mixes_the_share_from_frequent_non_special_tokens():
 def load_bench(name: str):
     """A script under bench/ as a module (bench/ is not a package)."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     return bench
 
@@ -182,3 +184,40 @@ def test_induction_bench_mlp_gate_trains_attention_only_then_brings_the_mlps_in(
         assert any(p.grad is not None and p.grad.any() for m in mlps for p in m.parameters())
         gate.at_step(100)
         assert gate.scale == 1.0
+
+
+def test_induction_bench_latent_lr_scales_only_the_mla_latent_rows_and_ends_when_told():
+    bench = load_bench("induction")
+    alphabet = torch.arange(100, 164)
+    blocks, mask = copy_blocks(2, 80, alphabet, 1, torch.Generator().manual_seed(0), with_mask=True)
+
+    def one_step(model, optimizer):
+        loss, _ = bench.copy_loss(model, blocks, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    deltas = {}
+    for mult in (1.0, 0.5, 0.0):
+        torch.manual_seed(0)
+        model = bench.build("deepseek-tiny", vocab=512, layers=2, overrides={"kv_lora_rank": 48})
+        weight = model.model.layers[1].self_attn.kv_a_proj_with_mqa.weight
+        before = weight.detach().clone()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        latent = bench.LatentLR(model, optimizer, mult, until=2) if mult != 1.0 else None
+        one_step(model, optimizer)
+        deltas[mult] = weight.detach() - before
+        if mult == 0.0:  # kept at init while told, but the RoPE key rows beside it train; then all of it trains
+            assert latent.rows[1][1] == 48 and len(latent.rows) == 2
+            one_step(model, optimizer)
+            assert torch.equal(weight[:48], before[:48]) and not torch.equal(weight[48:], before[48:])
+            one_step(model, optimizer)
+            assert not torch.equal(weight[:48], before[:48])
+    assert deltas[1.0][:48].abs().sum() > 0
+    torch.testing.assert_close(deltas[0.5][:48], 0.5 * deltas[1.0][:48])
+    torch.testing.assert_close(deltas[0.5][48:], deltas[1.0][48:])
+
+    with pytest.raises(ValueError, match="no MLA latent"):
+        bench.LatentLR(bench.build("llama", vocab=512, layers=1), optimizer, 0.0)
+    with pytest.raises(SystemExit):
+        bench.main(["--archs", "llama", "--latent-lr", "0"])

@@ -8,7 +8,7 @@ it, it computes exactly what ``DeepseekV3Attention`` computes (tested, weight fo
 plain multi-head attention with RoPE on every key dimension.
 
     python bench/mla_parts.py --archs llama --set intermediate_size=4 --steps 2500 --eval-every 250 \\
-        --part d_nope=32 --part d_rope=16 --part d_v=32 --part shared_rope_key=true \
+        --part d_nope=32 --part d_rope=16 --part d_v=32 --part shared_rope_key=true \\
         --part kv_rank=32 --part latent_for=v
 
 Every ``bench/induction.py`` flag applies (``--archs`` picks the model around the attention: llama or
@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import induction  # noqa: E402  (a sibling script: bench/ is not a package)
+import induction  # noqa: E402  (a sibling script: bench/ is not a package; it puts the repo on sys.path)
+from core.model.tiny import TinyPreset  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,10 @@ class Parts:
             raise ValueError(f"d_rope={self.d_rope}: RoPE rotates pairs of dims, so it must be even")
 
 
-DEEPSEEK_TINY_MLA = Parts(d_nope=32, d_rope=16, d_v=32, shared_rope_key=True, q_rank=64, kv_rank=32)
-
-
-def rotate_half(t: torch.Tensor) -> torch.Tensor:
-    a, b = t.chunk(2, -1)
-    return torch.cat((-b, a), -1)
+_PRESET = TinyPreset()
+DEEPSEEK_TINY_MLA = Parts(heads=_PRESET.num_attention_heads, d_nope=_PRESET.qk_nope_head_dim,
+                          d_rope=_PRESET.qk_rope_head_dim, d_v=_PRESET.v_head_dim, shared_rope_key=True,
+                          q_rank=_PRESET.q_lora_rank, kv_rank=_PRESET.kv_lora_rank, rope_theta=_PRESET.rope_theta)
 
 
 class PartsAttention(nn.Module):
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.description = __doc__.splitlines()[0]
     ap.set_defaults(archs=["llama"])
     ap.add_argument("--part", type=part_override, action="append", default=[], metavar="KEY=VALUE",
-                    help="a field of Parts (repeatable): heads, d_nope, d_rope, d_v, shared_rope_key, q_rank, "
-                         "kv_rank, latent_for (kv|k|v), latent_norm, freeze_down, rope_theta")
+                    help="a field of Parts (repeatable; latent_for is kv, k or v): "
+                         + ", ".join(f.name for f in fields(Parts)))
     args = ap.parse_args(argv)
     try:
         parts = replace(Parts(), **dict(args.part))

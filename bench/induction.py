@@ -19,7 +19,8 @@ deepseek-tiny's attention (with MLPs cut, a Llama of its widths copies within 2,
 does not in 6,000). Session 19 located that in MLA's key/value latent, through which the values pass
 (bench/mla_parts.py): kept at its random init (``--latent-lr 0``) with ``kv_lora_rank=256``, deepseek-tiny
 copies too. ``--set`` changes config fields of the models trained (ablations); ``--mlp-off-steps`` trains
-attention-only first, then brings the MLPs in; ``--latent-lr`` slows or holds the latent.
+attention-only first, then brings the MLPs in; ``--latent-lr`` slows or holds the latent. Both come from
+``core/model/copying.py``, whose warm-up runs them in the product: ``dsv model build --preset copying``.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from core.model.copying import LatentLR, MLPGate  # noqa: E402  (the warm-up `dsv model build --preset copying` runs)
 
 
 GPT2_BASELINE = {"n_embd": 256, "n_head": 4, "n_positions": 1024, "bos_token_id": 1, "eos_token_id": 2}
@@ -67,54 +70,6 @@ def build(arch: str, vocab: int, layers: int, overrides: dict | None = None):
         return LlamaForCausalLM(LlamaConfig(**{"vocab_size": vocab, "num_hidden_layers": layers, **LLAMA_BASELINE,
                                                **(overrides or {})}))
     return GPT2LMHeadModel(GPT2Config(**{"vocab_size": vocab, "n_layer": layers, **GPT2_BASELINE, **(overrides or {})}))
-
-
-class MLPGate:
-    """Scales every layer's MLP (dense or MoE) output by ``scale``: 0 for the first ``off_steps`` steps - an
-    attention-only model, whose MLPs get no gradient either - then up to 1 over ``ramp`` steps. Attention-only
-    models form induction heads far sooner than the same model with its MLPs (docs/benchmarks/model.md,
-    session 18), so this asks whether heads formed that way survive the MLPs joining."""
-
-    def __init__(self, model, off_steps: int, ramp: int):
-        layers = model.model.layers if hasattr(model, "model") else model.transformer.h
-        self.off_steps, self.ramp = off_steps, max(ramp, 1)
-        self.at_step(0)
-        self.handles = [layer.mlp.register_forward_hook(self._scaled) for layer in layers]
-
-    def _scaled(self, module, inputs, output):
-        return output * self.scale
-
-    def at_step(self, step: int) -> None:
-        self.scale = min(1.0, max(0.0, (step - self.off_steps) / self.ramp))
-
-
-class LatentLR:
-    """MLA's key/value latent (the first ``kv_lora_rank`` rows of every ``kv_a_proj_with_mqa``, i.e. the
-    down-projection that content keys and values share) trains at lr x ``mult`` until step ``until`` (None:
-    throughout), then like the rest; 0 keeps it at its random init. The optimizer's update of those rows is
-    scaled after each step, because Adam's update does not depend on the scale of a gradient."""
-
-    def __init__(self, model, optimizer, mult: float, until: int | None = None):
-        self.rows = [(layer.self_attn.kv_a_proj_with_mqa.weight, layer.self_attn.kv_lora_rank)
-                     for layer in model.model.layers if hasattr(layer.self_attn, "kv_a_proj_with_mqa")]
-        if not self.rows:
-            raise ValueError(f"{type(model).__name__} has no MLA latent (kv_a_proj_with_mqa)")
-        self.mult, self.until, self.steps, self._before = mult, until, 0, []
-        optimizer.register_step_pre_hook(self._remember)
-        optimizer.register_step_post_hook(self._scale_update)
-
-    def _remember(self, optimizer, args, kwargs):
-        self._before = [weight.detach()[:rows].clone() for weight, rows in self.rows]
-
-    def _scale_update(self, optimizer, args, kwargs):
-        self.steps += 1
-        if self.until is not None and self.steps > self.until:
-            return
-        import torch
-
-        with torch.no_grad():
-            for (weight, rows), before in zip(self.rows, self._before):
-                weight[:rows] = before + self.mult * (weight[:rows] - before)
 
 
 def copy_loss(model, blocks, mask):

@@ -58,20 +58,38 @@ def copy_figures(model, vocab_size: int, bos: int, run_length: int, runs: int, s
     return repeat_figures(model, torch.randint(100, vocab_size, (runs, run_length), generator=generator), bos)
 
 
-def text_span_figures(model, tokenizer, run_length: int, runs: int, seed: int) -> dict:
-    """Spans of domain text the model never trained on (a corpus of another seed than the build's 0).
-    The first occurrence's loss is the model's language-model loss on such text; the repeat shows
-    whether it copies text it has just read, which is what a prompt asks of it."""
-    import random
-
-    import torch
-
+def unseen_text_stream(tokenizer, seed: int) -> list[int]:
+    """Token ids of domain text the model never trained on (a corpus of another seed than the build's 0),
+    without the BOS / EOS that frame each document."""
     from core.model.build import tokenize_corpus
     from core.model.corpus import CorpusSpec, generate_corpus
 
     corpus = generate_corpus(CorpusSpec(seed=seed + 1000, cases_per_domain=10, prc_statute_articles=40,
                                         eu_statute_articles=10))
-    stream = [t for ids in tokenize_corpus(corpus, tokenizer) for t in ids[1:-1]]  # no BOS / EOS inside a span
+    return [t for ids in tokenize_corpus(corpus, tokenizer) for t in ids[1:-1]]
+
+
+def frequent_token_figures(model, stream: list[int], special_ids, top: int, bos: int, run_length: int, runs: int,
+                           seed: int) -> dict:
+    """Random runs of the ``top`` most frequent tokens of ``stream``: the symbols a copy warm-up trains on
+    (``dsv model build --preset copying``: 64), between whole-vocabulary runs and text."""
+    import torch
+
+    from core.model.pretrain import frequent_tokens
+
+    alphabet = frequent_tokens(torch.tensor(stream), top, special_ids)
+    pick = torch.randint(0, len(alphabet), (runs, run_length), generator=torch.Generator().manual_seed(seed))
+    return {"alphabet": len(alphabet), **repeat_figures(model, alphabet[pick], bos)}
+
+
+def text_span_figures(model, tokenizer, stream: list[int], run_length: int, runs: int, seed: int) -> dict:
+    """Spans of ``stream`` (domain text the model never trained on). The first occurrence's loss is the
+    model's language-model loss on such text; the repeat shows whether it copies text it has just read,
+    which is what a prompt asks of it."""
+    import random
+
+    import torch
+
     rng = random.Random(seed)
     starts = [rng.randrange(0, len(stream) - run_length) for _ in range(runs)]
     spans = torch.tensor([stream[s: s + run_length] for s in starts])
@@ -86,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-spans", type=int, default=32, help="spans of unseen domain text to repeat (0: none)")
+    ap.add_argument("--frequent", type=int, nargs="*", default=[64, 512], metavar="N",
+                    help="also random runs of 16 over the N most frequent tokens of that text (none: skip)")
     args = ap.parse_args(argv)
 
     import torch
@@ -103,12 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     config = model.config
     bos = config.bos_token_id if config.bos_token_id is not None else 0
     figures = [copy_figures(model, config.vocab_size, bos, n, args.runs, args.seed) for n in args.run_lengths]
-    spans = []
-    if args.text_spans:
+    spans, frequent = [], []
+    if args.text_spans or args.frequent:
         tokenizer = AutoTokenizer.from_pretrained(str(args.model))
-        spans = [text_span_figures(model, tokenizer, 24, args.text_spans, args.seed)]
+        stream = unseen_text_stream(tokenizer, args.seed)
+        if args.text_spans:
+            spans = [text_span_figures(model, tokenizer, stream, 24, args.text_spans, args.seed)]
+        frequent = [frequent_token_figures(model, stream, tokenizer.all_special_ids, top, bos, 16, args.runs, args.seed)
+                    for top in args.frequent]
     print(json.dumps({"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None,
-                      "random_token_runs": figures, "text_spans": spans}, indent=1))
+                      "random_token_runs": figures, "frequent_token_runs": frequent, "text_spans": spans},
+                     indent=1))
     return 0
 
 

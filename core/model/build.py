@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from core.model.corpus import Corpus, CorpusSpec, generate_corpus
-from core.model.pretrain import PretrainConfig, PretrainResult, add_copy_blocks, pack_token_stream, pretrain
+from core.model.copying import CopyWarmupConfig, CopyWarmupResult, copy_warmup
+from core.model.pretrain import (PretrainConfig, PretrainResult, add_copy_blocks, frequent_tokens, pack_token_stream,
+                                 pretrain)
 from shared.io import InputError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -54,12 +56,22 @@ class BuildPreset:
     pretrain: PretrainConfig
     model_overrides: dict = field(default_factory=dict)
     sample_tokens: int = 64
+    copy_warmup: CopyWarmupConfig | None = None   # attention-only copy-block training first (core/model/copying.py)
 
 
 PRESETS = {
     # The real default: sized to finish within ~10 minutes on 2 shared CPU cores (docs/benchmarks/model.md).
     # Small batches, many updates: on templated domain text more optimizer steps per token learn faster.
     "default": BuildPreset("default", CorpusSpec(), 8000, PretrainConfig(steps=360, batch_size=4, seq_len=256)),
+    # A model that copies from its prompt (induction heads), for answers that quote their evidence: MLA's
+    # key/value latent as wide as the hidden state (held at its random init during the warm-up), a copy-block
+    # warm-up with the MLPs off, then pre-training at the rate copying survives, copy blocks mixed in.
+    # About an hour on 2 CPU cores. Experimental: the heads form in the warm-up (one seed of two) but are
+    # specific to its 64 symbols and do not survive the pre-training (docs/benchmarks/model.md, "Copying,
+    # session 20").
+    "copying": BuildPreset("copying", CorpusSpec(), 8000,
+                           PretrainConfig(steps=1000, batch_size=4, seq_len=256, lr=1e-3, copy_share=0.2),
+                           model_overrides=dict(kv_lora_rank=256), copy_warmup=CopyWarmupConfig()),
     # Same code path, toy sizes: a full build in seconds, for tests and smoke checks.
     "test": BuildPreset(
         "test", CorpusSpec(cases_per_domain=30, prc_statute_articles=20, eu_statute_articles=5), 700,
@@ -79,6 +91,7 @@ class BuildResult:
     pretrain: PretrainResult
     seconds: float
     samples: list[dict]
+    copy_warmup: CopyWarmupResult | None = None
 
 
 def tokenize_corpus(corpus: Corpus, tokenizer) -> list[list[int]]:
@@ -121,9 +134,11 @@ def weights_digest(directory: Path) -> str:
 def build_model(settings, *, preset: str | BuildPreset = "default", seed: int = 0, steps: int | None = None,
                 out: Path | None = None, progress: bool = True, registry=None,
                 report: Callable[[str], None] = log.info, copy_share: float | None = None,
-                device: str | None = None, lr: float | None = None) -> BuildResult:
+                device: str | None = None, lr: float | None = None,
+                copy_warmup_steps: int | None = None) -> BuildResult:
     """Build, save (atomically), track and register a pre-trained deepseek-tiny; returns what happened.
-    ``copy_share``, ``device`` and ``lr`` override the preset's pre-training (``PretrainConfig``)."""
+    ``copy_share``, ``device`` and ``lr`` override the preset's pre-training (``PretrainConfig``);
+    ``copy_warmup_steps`` the preset's copy warm-up (0: none)."""
     if isinstance(preset, str) and preset not in PRESETS:
         raise InputError(f"unknown build preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if copy_share is not None and not 0.0 <= copy_share < 1.0:
@@ -132,9 +147,14 @@ def build_model(settings, *, preset: str | BuildPreset = "default", seed: int = 
         raise InputError(f"--steps must be at least 1, got {steps}")
     if lr is not None and not 0.0 < lr < 1.0:
         raise InputError(f"--lr must be a learning rate in (0, 1), got {lr}")
+    if copy_warmup_steps is not None and copy_warmup_steps < 0:
+        raise InputError(f"--copy-warmup-steps must be 0 (none) or more, got {copy_warmup_steps}")
     if device is not None:
         _check_device(device)
     spec = PRESETS[preset] if isinstance(preset, str) else preset
+    if copy_warmup_steps is not None:
+        spec = replace(spec, copy_warmup=replace(spec.copy_warmup or CopyWarmupConfig(), steps=copy_warmup_steps)
+                       if copy_warmup_steps else None)
     overrides = {k: v for k, v in (("copy_share", copy_share), ("device", device), ("lr", lr)) if v is not None}
     if overrides:
         spec = replace(spec, pretrain=replace(spec.pretrain, **overrides))
@@ -190,6 +210,9 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
     tokenizer = train_bpe_tokenizer(corpus.tokenizer_texts(), vocab_size=spec.vocab_size)
     blocks = pack_token_stream(tokenize_corpus(corpus, tokenizer), train_config.seq_len)
     corpus_tokens = blocks.numel()
+    warmup_config = replace(spec.copy_warmup, seed=seed) if spec.copy_warmup else None
+    warmup_alphabet = (frequent_tokens(blocks, warmup_config.alphabet, tokenizer.all_special_ids)
+                       if warmup_config else None)
     blocks, labels = add_copy_blocks(blocks, train_config, tokenizer.bos_token_id, tokenizer.all_special_ids)
     model = build_untrained(tokenizer, seed=seed, **spec.model_overrides)
     n_params = sum(p.numel() for p in model.parameters())
@@ -199,9 +222,24 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
 
     params = {"preset": spec.name, "seed": seed, "vocab_size": len(tokenizer), "parameters": n_params,
               "corpus_tokens": corpus_tokens, **{f"corpus.{k}": v for k, v in asdict(corpus_spec).items()},
-              **train_config.as_params(), **{f"model.{k}": v for k, v in model.config.to_diff_dict().items()
+              **train_config.as_params(), **(warmup_config.as_params() if warmup_config else {}),
+              **{f"model.{k}": v for k, v in model.config.to_diff_dict().items()
                                              if isinstance(v, (int, float, str, bool))}}
     with registry.start_run(EXPERIMENT, f"{spec.name}-seed{seed}", params) as run:
+        warmup = None
+        if warmup_config:
+            report(f"copy warm-up: up to {warmup_config.steps} steps on copy blocks over the {len(warmup_alphabet)} "
+                   f"most frequent tokens, MLPs off for the first {warmup_config.mlp_off_steps}")
+
+            def log_warmup(step: int, metrics: dict) -> None:
+                run.log_metrics({f"copy_warmup.{k}": v for k, v in metrics.items()}, step=step)
+                if not progress:  # the bar shows these; without it (logs) one line per evaluation
+                    report(f"copy warm-up step {step}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+
+            warmup = copy_warmup(model, warmup_alphabet, tokenizer.bos_token_id, warmup_config,
+                                 device=train_config.device, progress=progress, on_log=log_warmup)
+            report(f"copy warm-up: {warmup.steps} steps in {warmup.seconds:.0f}s, held-out copy loss "
+                   f"{warmup.final['copy_loss']}, next token right {warmup.final['copy_right']}")
         result = pretrain(model, blocks, train_config, labels=labels, progress=progress,
                           on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
         samples = generate_samples(model, tokenizer, spec.sample_tokens)
@@ -210,7 +248,7 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
         info = {"model": MODEL_NAME, "preset": spec.name, "seed": seed, "steps": train_config.steps,
                 "parameters": n_params, "lr": train_config.lr, "copy_share": train_config.copy_share,
                 "initial_loss": result.initial_loss, "final_loss": result.final_loss,
-                "tokens_seen": result.tokens_seen, "corpus": corpus.stats, "mlflow_run_id": run.run_id,
+                "tokens_seen": result.tokens_seen, "copy_warmup": _warmup_info(warmup), "corpus": corpus.stats, "mlflow_run_id": run.run_id,
                 "torch": torch.__version__, "python": platform.python_version()}
         version = _land_and_register(registry, model, tokenizer, out, info, run.run_id)
         seconds = time.perf_counter() - started
@@ -220,7 +258,14 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
                          "load_seconds": load_model(out).load_seconds})
     report(f"built {out} (version {version}, alias champion) in {seconds:.0f}s: loss "
            f"{result.initial_loss:.2f} -> {result.final_loss:.2f}")
-    return BuildResult(out, version, run.run_id, result, seconds, samples)
+    return BuildResult(out, version, run.run_id, result, seconds, samples, warmup)
+
+
+def _warmup_info(warmup: CopyWarmupResult | None) -> dict | None:
+    if warmup is None:
+        return None
+    return {"steps": warmup.steps, "seconds": round(warmup.seconds, 1), **{k: v for k, v in warmup.final.items()
+                                                                          if k != "step"}}
 
 
 def _land_and_register(registry, model, tokenizer, out: Path, info: dict, run_id: str) -> int:

@@ -20,8 +20,11 @@ def register(subparsers) -> None:
                     "About 10 minutes on 2 CPU cores for the default preset.")
     p.add_argument("--seed", type=int, default=0, help="seed for corpus, initialisation and batch order")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--preset", choices=["default", "test"], default="default",
-                   help="'test' builds a toy-sized model in seconds through the same code")
+    p.add_argument("--preset", choices=["default", "copying", "test"], default="default",
+                   help="'copying' (experimental) runs a copy-block warm-up before pre-training so that the model "
+                        "copies from its prompt (about an hour on 2 CPU cores; so far the heads it forms do not "
+                        "survive the pre-training: docs/benchmarks/model.md, 'Copying, session 20'); 'test' builds a "
+                        "toy-sized model in seconds through the same code")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: DSV_HOME/models/deepseek-tiny)")
     p.add_argument("--copy-share", type=float, default=None,
                    help="share of training blocks that are synthetic copy blocks (0-1, default 0): teaches "
@@ -31,6 +34,9 @@ def register(subparsers) -> None:
                    help="peak learning rate (default: the preset's, 3e-3). Copying from copy blocks is learnt at "
                         "1e-3 and stalls at 3e-3, so a --copy-share build wants --lr 1e-3 "
                         "(docs/benchmarks/model.md, 'Copying, continued')")
+    p.add_argument("--copy-warmup-steps", type=int, default=None, metavar="N",
+                   help="steps of the copy-block warm-up before pre-training, at most (default: the preset's, "
+                        "6000 for 'copying', none otherwise; 0 = none)")
     p.add_argument("--device", default=None, help="torch device to pre-train on, e.g. cuda (default: cpu)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output directory holds a model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -74,13 +80,15 @@ def cmd_build(args, settings) -> int:
             return 0
     result = build_model(settings, preset=args.preset, seed=args.seed, steps=args.steps, out=out,
                          progress=not args.no_progress, report=print, copy_share=args.copy_share,
-                         device=args.device, lr=args.lr)
+                         device=args.device, lr=args.lr, copy_warmup_steps=args.copy_warmup_steps)
     for sample in result.samples:
         print(f"[{sample['domain']}] {sample['prompt'][:60]}...\n    -> {sample['reply']}")
     print(json.dumps({"path": str(result.path), "version": result.version, "run_id": result.run_id,
                       "initial_loss": round(result.pretrain.initial_loss, 4),
                       "final_loss": round(result.pretrain.final_loss, 4),
                       "tokens_per_second": round(result.pretrain.tokens_per_second, 1),
+                      **({"copy_warmup": result.copy_warmup.final, "copy_warmup_steps": result.copy_warmup.steps}
+                         if result.copy_warmup else {}),
                       "build_seconds": round(result.seconds, 1)}))
     return 0
 

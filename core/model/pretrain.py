@@ -48,6 +48,7 @@ class PretrainConfig:
     log_every: int = 10
     copy_share: float = 0.0            # share of training blocks that are synthetic copy blocks (see above)
     copy_alphabet: int = 512           # copy blocks draw from this many most frequent corpus tokens
+    latent_lr: float = 1.0             # MLA's key/value latent at lr x this (0 = held; core/model/copying.py)
     device: str = "cpu"                # "cuda" on a GPU machine; the model comes back to the CPU after
 
     def as_params(self) -> dict:
@@ -117,6 +118,16 @@ def copy_blocks(n_blocks: int, seq_len: int, alphabet: torch.Tensor, bos: int, g
     return (blocks, mask) if with_mask else blocks
 
 
+def frequent_tokens(blocks: torch.Tensor, n: int, special_ids=()) -> torch.Tensor:
+    """The ``n`` most frequent token ids of ``blocks`` other than ``special_ids`` (fewer if fewer occur)."""
+    counts = torch.bincount(blocks.reshape(-1))
+    for token in special_ids:
+        if token is not None and token < len(counts):
+            counts[token] = 0
+    top = counts.argsort(descending=True)[:n]
+    return top[counts[top] > 0]
+
+
 def add_copy_blocks(blocks: torch.Tensor, config: PretrainConfig, bos: int,
                     special_ids=()) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``blocks`` plus copy blocks making up ``config.copy_share`` of the result (shuffled in by
@@ -129,12 +140,7 @@ def add_copy_blocks(blocks: torch.Tensor, config: PretrainConfig, bos: int,
         raise ValueError(f"copy_share must be in [0, 1), got {config.copy_share}")
     if config.copy_share == 0.0:
         return blocks, None
-    counts = torch.bincount(blocks.reshape(-1))
-    for token in special_ids:
-        if token is not None and token < len(counts):
-            counts[token] = 0
-    alphabet = counts.argsort(descending=True)[: config.copy_alphabet]
-    alphabet = alphabet[counts[alphabet] > 0]
+    alphabet = frequent_tokens(blocks, config.copy_alphabet, special_ids)
     n_copy = round(len(blocks) * config.copy_share / (1.0 - config.copy_share))
     generator = torch.Generator().manual_seed(config.seed + 1)
     seq_len = blocks.shape[1]
@@ -213,6 +219,11 @@ def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, labels: tor
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=config.betas)
     balancer = RouterBalancer(model, config.router_bias_gamma)
+    latent = None
+    if config.latent_lr != 1.0:
+        from core.model.copying import LatentLR
+
+        latent = LatentLR(model, optimizer, config.latent_lr)
     result = PretrainResult()
     order = torch.randperm(len(blocks), generator=generator)
     cursor, window_loss, window_steps = 0, 0.0, 0
@@ -255,6 +266,8 @@ def pretrain(model, blocks: torch.Tensor, config: PretrainConfig, *, labels: tor
     finally:
         bar.close()
         balancer.close()
+        if latent:
+            latent.close()
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         model.to("cpu")  # sampled, saved and served on the CPU

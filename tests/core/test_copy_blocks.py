@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from core.model.copying import LatentLR, MLPGate
 from core.model.pretrain import PretrainConfig, add_copy_blocks, copy_blocks
 from shared.io import InputError
 from shared.settings import Settings
@@ -79,7 +80,8 @@ def load_bench(name: str):
 def run_model_copy_bench(model_dir, capsys) -> dict:
     bench = load_bench("model_copy")
     capsys.readouterr()
-    assert bench.main(["--model", str(model_dir), "--run-lengths", "8", "--runs", "3", "--text-spans", "3"]) == 0
+    assert bench.main(["--model", str(model_dir), "--run-lengths", "8", "--runs", "3", "--text-spans", "3",
+                       "--frequent", "16", "64"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -99,9 +101,11 @@ def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path, capsys
     assert params["pretrain.copy_share"] == "0.3" and params["pretrain.lr"] == "0.001"
     # bench/model_copy.py measures such a build: random runs and unseen text spans, first vs repeat.
     figures = run_model_copy_bench(result.path, capsys)
-    for part in figures["random_token_runs"] + figures["text_spans"]:
+    for part in figures["random_token_runs"] + figures["frequent_token_runs"] + figures["text_spans"]:
         assert part["runs"] == 3 and 0 < part["loss_first"] < 20 and 0 < part["loss_repeat"] < 20
         assert 0.0 <= part["next_token_right_on_repeat"] <= 1.0
+    # Runs over the most frequent tokens of unseen text (the warm-up's kind of symbols), as many as asked.
+    assert [part["alphabet"] for part in figures["frequent_token_runs"]] == [16, 64]
     with pytest.raises(InputError, match="--copy-share"):
         build_model(settings, preset="test", steps=8, out=tmp_path / "bad", progress=False, registry=registry,
                     copy_share=1.5)
@@ -165,7 +169,7 @@ def test_induction_bench_mlp_gate_trains_attention_only_then_brings_the_mlps_in(
     blocks, mask = copy_blocks(2, 80, alphabet, 1, torch.Generator().manual_seed(0), with_mask=True)
     for arch in bench.ARCHS:
         model = bench.build(arch, vocab=512, layers=2)
-        gate = bench.MLPGate(model, off_steps=10, ramp=4)
+        gate = MLPGate(model, off_steps=10, ramp=4)
         assert gate.scale == 0.0
         mlps = [m for name, m in model.named_modules() if name.endswith(".mlp")]
         assert len(mlps) == 2
@@ -204,7 +208,7 @@ def test_induction_bench_latent_lr_scales_only_the_mla_latent_rows_and_ends_when
         weight = model.model.layers[1].self_attn.kv_a_proj_with_mqa.weight
         before = weight.detach().clone()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-        latent = bench.LatentLR(model, optimizer, mult, until=2) if mult != 1.0 else None
+        latent = LatentLR(model, optimizer, mult, until=2) if mult != 1.0 else None
         one_step(model, optimizer)
         deltas[mult] = weight.detach() - before
         if mult == 0.0:  # kept at init while told, but the RoPE key rows beside it train; then all of it trains
@@ -218,6 +222,6 @@ def test_induction_bench_latent_lr_scales_only_the_mla_latent_rows_and_ends_when
     torch.testing.assert_close(deltas[0.5][48:], deltas[1.0][48:])
 
     with pytest.raises(ValueError, match="no MLA latent"):
-        bench.LatentLR(bench.build("llama", vocab=512, layers=1), optimizer, 0.0)
+        LatentLR(bench.build("llama", vocab=512, layers=1), optimizer, 0.0)
     with pytest.raises(SystemExit):
         bench.main(["--archs", "llama", "--latent-lr", "0"])

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from core.model.pretrain import copy_blocks
+
 
 @dataclass(frozen=True)
 class CopyWarmupConfig:
@@ -126,15 +128,13 @@ def copy_warmup(model, alphabet: torch.Tensor, bos: int, config: CopyWarmupConfi
     module docstring says; returns the held-out copy curve. The model comes back to the CPU, in eval mode."""
     from tqdm.auto import tqdm
 
-    from core.model.pretrain import copy_blocks
-
     if config.seq_len < 80:
         raise ValueError(f"copy warm-up seq_len {config.seq_len}: copy blocks need at least 80 tokens")
     model.to(device).train()
-    alphabet = alphabet.to(device)
+    symbols, alphabet = alphabet.cpu(), alphabet.to(device)  # blocks are drawn on the CPU, the loss runs on device
     train_gen = torch.Generator().manual_seed(config.seed)
     eval_gen = torch.Generator().manual_seed(config.seed + 99)
-    held_blocks, held_mask = (t.to(device) for t in copy_blocks(32, config.seq_len, alphabet.cpu(), bos, eval_gen,
+    held_blocks, held_mask = (t.to(device) for t in copy_blocks(32, config.seq_len, symbols, bos, eval_gen,
                                                                  with_mask=True))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     gate = MLPGate(model, config.mlp_off_steps, config.mlp_ramp)
@@ -145,8 +145,8 @@ def copy_warmup(model, alphabet: torch.Tensor, bos: int, config: CopyWarmupConfi
     try:
         for step in bar:
             gate.at_step(step)
-            blocks, mask = (t.to(device) for t in copy_blocks(config.batch_size, config.seq_len, alphabet.cpu(),
-                                                              bos, train_gen, with_mask=True))
+            blocks, mask = (t.to(device) for t in copy_blocks(config.batch_size, config.seq_len, symbols, bos,
+                                                              train_gen, with_mask=True))
             loss, _ = alphabet_copy_loss(model, blocks, mask, alphabet)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

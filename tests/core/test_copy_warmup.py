@@ -13,19 +13,19 @@ from core.model.pretrain import copy_blocks
 from shared.io import InputError
 from shared.settings import Settings
 
-TOY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-           q_lora_rank=32, kv_lora_rank=64, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
-           max_position_embeddings=256)
 ALPHABET = torch.arange(100, 164)
 
 
 def toy_model(seed: int = 0):
+    """The build's test-preset model, with a 300-token vocabulary and a latent of 64 rows (= its hidden size)."""
     from transformers import DeepseekV3ForCausalLM
 
+    from core.model.build import PRESETS
     from core.model.tiny import tiny_config
 
     torch.manual_seed(seed)
-    return DeepseekV3ForCausalLM(tiny_config(**TOY))
+    return DeepseekV3ForCausalLM(tiny_config(**{**PRESETS["test"].model_overrides, "vocab_size": 300,
+                                                "kv_lora_rank": 64}))
 
 
 def test_alphabet_loss_is_the_full_models_loss_with_the_softmax_over_the_alphabet():

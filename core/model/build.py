@@ -65,13 +65,15 @@ PRESETS = {
     "default": BuildPreset("default", CorpusSpec(), 8000, PretrainConfig(steps=360, batch_size=4, seq_len=256)),
     # A model that copies from its prompt (induction heads), for answers that quote their evidence: MLA's
     # key/value latent as wide as the hidden state (held at its random init during the warm-up), a copy-block
-    # warm-up with the MLPs off, then pre-training at the rate copying survives, copy blocks mixed in.
-    # About an hour on 2 CPU cores. Experimental: the heads form in the warm-up (one seed of two) but are
-    # specific to its 64 symbols and do not survive the pre-training (docs/benchmarks/model.md, "Copying,
-    # session 20").
+    # warm-up with the MLPs off whose alphabet doubles from 64 to 4,096 tokens as each width is copied, then
+    # pre-training at the rate copying survives, copy blocks over the same 4,096 tokens mixed in (over 512 the
+    # rarer ones are forgotten). About 45 minutes on 2 CPU cores. Experimental: the heads formed in one seed of
+    # two, and the language-model loss is worse than the default's (docs/benchmarks/model.md, "Copying,
+    # session 21").
     "copying": BuildPreset("copying", CorpusSpec(), 8000,
-                           PretrainConfig(steps=1000, batch_size=4, seq_len=256, lr=1e-3, copy_share=0.2),
-                           model_overrides=dict(kv_lora_rank=256), copy_warmup=CopyWarmupConfig()),
+                           PretrainConfig(steps=1000, batch_size=4, seq_len=256, lr=1e-3, copy_share=0.2,
+                                          copy_alphabet=4096),
+                           model_overrides=dict(kv_lora_rank=256), copy_warmup=CopyWarmupConfig(widen_to=4096)),
     # Same code path, toy sizes: a full build in seconds, for tests and smoke checks.
     "test": BuildPreset(
         "test", CorpusSpec(cases_per_domain=30, prc_statute_articles=20, eu_statute_articles=5), 700,
@@ -211,8 +213,8 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
     blocks = pack_token_stream(tokenize_corpus(corpus, tokenizer), train_config.seq_len)
     corpus_tokens = blocks.numel()
     warmup_config = replace(spec.copy_warmup, seed=seed) if spec.copy_warmup else None
-    warmup_alphabet = (frequent_tokens(blocks, warmup_config.alphabet, tokenizer.all_special_ids)
-                       if warmup_config else None)
+    warmup_symbols = (frequent_tokens(blocks, max(warmup_config.alphabet, warmup_config.widen_to),
+                                      tokenizer.all_special_ids) if warmup_config else None)
     blocks, labels = add_copy_blocks(blocks, train_config, tokenizer.bos_token_id, tokenizer.all_special_ids)
     model = build_untrained(tokenizer, seed=seed, **spec.model_overrides)
     n_params = sum(p.numel() for p in model.parameters())
@@ -228,15 +230,17 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
     with registry.start_run(EXPERIMENT, f"{spec.name}-seed{seed}", params) as run:
         warmup = None
         if warmup_config:
-            report(f"copy warm-up: up to {warmup_config.steps} steps on copy blocks over the {len(warmup_alphabet)} "
-                   f"most frequent tokens, MLPs off for the first {warmup_config.mlp_off_steps}")
+            widening = (f", doubled each time it is copied up to {warmup_config.widen_to}"
+                        if warmup_config.widen_to else "")
+            report(f"copy warm-up: up to {warmup_config.steps} steps on copy blocks over the {warmup_config.alphabet} "
+                   f"most frequent tokens{widening}, MLPs off for the first {warmup_config.mlp_off_steps}")
 
             def log_warmup(step: int, metrics: dict) -> None:
                 run.log_metrics({f"copy_warmup.{k}": v for k, v in metrics.items()}, step=step)
                 if not progress:  # the bar shows these; without it (logs) one line per evaluation
                     report(f"copy warm-up step {step}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
 
-            warmup = copy_warmup(model, warmup_alphabet, tokenizer.bos_token_id, warmup_config,
+            warmup = copy_warmup(model, warmup_symbols, tokenizer.bos_token_id, warmup_config,
                                  device=train_config.device, progress=progress, on_log=log_warmup)
             report(f"copy warm-up: {warmup.steps} steps in {warmup.seconds:.0f}s, held-out copy loss "
                    f"{warmup.final['copy_loss']}, next token right {warmup.final['copy_right']}")
@@ -264,8 +268,8 @@ def _build(settings, spec: BuildPreset, seed: int, steps: int | None, out: Path 
 def _warmup_info(warmup: CopyWarmupResult | None) -> dict | None:
     if warmup is None:
         return None
-    return {"steps": warmup.steps, "seconds": round(warmup.seconds, 1), **{k: v for k, v in warmup.final.items()
-                                                                          if k != "step"}}
+    return {"steps": warmup.steps, "seconds": round(warmup.seconds, 1), "widened": warmup.widened,
+            **{k: v for k, v in warmup.final.items() if k != "step"}}
 
 
 def _land_and_register(registry, model, tokenizer, out: Path, info: dict, run_id: str) -> int:

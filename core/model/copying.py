@@ -15,6 +15,12 @@ warm-up does, in the order found:
 
 The loss is taken over the copy alphabet only (the lm_head's rows for those tokens): the blocks draw from
 nothing else, and an 8,000-way output layer would cost two thirds of each step for no signal.
+
+Heads formed on one fixed alphabet of 64 symbols copy those 64 and nothing else (session 20); a wide
+alphabet from the start stays on the uniform plateau, and a switch, once 64 are copied, to alphabets drawn
+afresh from 512 or 4,096 tokens for each batch fell back to it for 1,000 steps (session 21). So, with
+``widen_to``, the alphabet grows instead: each time it is copied, the next most frequent tokens join until it
+has doubled, up to ``widen_to``; the symbols already copied keep a share of every run.
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ class CopyWarmupConfig:
     batch_size: int = 16
     seq_len: int = 128
     alphabet: int = 64                # copy blocks draw from this many most frequent corpus tokens
+    widen_to: int = 0                 # each time the alphabet is copied it doubles, up to this many most
+                                      # frequent tokens (0: the first alphabet throughout)
     eval_every: int = 250
     stop_at_right: float = 0.9        # next token right on held-out repeats, once the MLPs are fully in
     grad_clip: float = 1.0
@@ -48,8 +56,9 @@ class CopyWarmupConfig:
 
 @dataclass
 class CopyWarmupResult:
-    curve: list[dict] = field(default_factory=list)   # {"step", "copy_loss", "copy_right", "mlp_scale"}
+    curve: list[dict] = field(default_factory=list)   # {"step", "copy_loss", "copy_right", "mlp_scale", "alphabet"}
     steps: int = 0
+    widened: list[tuple[int, int]] = field(default_factory=list)   # (step, new alphabet size) at each doubling
     seconds: float = 0.0
 
     @property
@@ -122,20 +131,31 @@ def alphabet_copy_loss(model, blocks: torch.Tensor, mask: torch.Tensor, alphabet
     return loss, (logits.argmax(-1) == target).float().mean().item()
 
 
-def copy_warmup(model, alphabet: torch.Tensor, bos: int, config: CopyWarmupConfig, *, device: str = "cpu",
+def _held_out(alphabet: torch.Tensor, bos: int, config: CopyWarmupConfig, generator, device: str):
+    return tuple(t.to(device) for t in copy_blocks(32, config.seq_len, alphabet, bos, generator, with_mask=True))
+
+
+def copy_warmup(model, symbols: torch.Tensor, bos: int, config: CopyWarmupConfig, *, device: str = "cpu",
                 progress: bool = True, on_log: Callable[[int, dict], None] | None = None) -> CopyWarmupResult:
-    """Train ``model`` (a ``DeepseekV3ForCausalLM``) in place on copy blocks over ``alphabet`` (token ids) as the
-    module docstring says; returns the held-out copy curve. The model comes back to the CPU, in eval mode."""
+    """Train ``model`` (a ``DeepseekV3ForCausalLM``) in place on copy blocks as the module docstring says;
+    ``symbols`` are token ids, most frequent first: the alphabet is the first ``config.alphabet`` of them,
+    widened up to the first ``config.widen_to``. Returns the held-out copy curve. The model comes back to the
+    CPU, in eval mode."""
     from tqdm.auto import tqdm
 
     if config.seq_len < 80:
         raise ValueError(f"copy warm-up seq_len {config.seq_len}: copy blocks need at least 80 tokens")
+    if config.widen_to and not config.alphabet < config.widen_to <= len(symbols):
+        raise ValueError(f"copy warm-up widen_to {config.widen_to}: must exceed the alphabet ({config.alphabet}) "
+                         f"and not exceed the {len(symbols)} symbols given")
     model.to(device).train()
-    symbols, alphabet = alphabet.cpu(), alphabet.to(device)  # blocks are drawn on the CPU, the loss runs on device
+    symbols = symbols.cpu()  # blocks are drawn on the CPU, the loss runs on device
+    width, final_width = config.alphabet, max(config.alphabet, config.widen_to)
     train_gen = torch.Generator().manual_seed(config.seed)
     eval_gen = torch.Generator().manual_seed(config.seed + 99)
-    held_blocks, held_mask = (t.to(device) for t in copy_blocks(32, config.seq_len, symbols, bos, eval_gen,
-                                                                 with_mask=True))
+    alphabet = symbols[:width]
+    held_blocks, held_mask = _held_out(alphabet, bos, config, eval_gen, device)
+    alphabet_on_device = alphabet.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     gate = MLPGate(model, config.mlp_off_steps, config.mlp_ramp)
     latent = LatentLR(model, optimizer, config.latent_lr) if config.latent_lr != 1.0 else None
@@ -145,9 +165,9 @@ def copy_warmup(model, alphabet: torch.Tensor, bos: int, config: CopyWarmupConfi
     try:
         for step in bar:
             gate.at_step(step)
-            blocks, mask = (t.to(device) for t in copy_blocks(config.batch_size, config.seq_len, symbols, bos,
+            blocks, mask = (t.to(device) for t in copy_blocks(config.batch_size, config.seq_len, alphabet, bos,
                                                               train_gen, with_mask=True))
-            loss, _ = alphabet_copy_loss(model, blocks, mask, alphabet)
+            loss, _ = alphabet_copy_loss(model, blocks, mask, alphabet_on_device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -157,15 +177,22 @@ def copy_warmup(model, alphabet: torch.Tensor, bos: int, config: CopyWarmupConfi
                 continue
             model.eval()
             with torch.no_grad():
-                held, right = alphabet_copy_loss(model, held_blocks, held_mask, alphabet)
+                held, right = alphabet_copy_loss(model, held_blocks, held_mask, alphabet_on_device)
             model.train()
             point = {"step": step, "copy_loss": round(held.item(), 3), "copy_right": round(right, 3),
-                     "mlp_scale": round(gate.scale, 3)}
+                     "mlp_scale": round(gate.scale, 3), "alphabet": width}
             result.curve.append(point)
-            bar.set_postfix(copy_loss=point["copy_loss"], right=point["copy_right"])
+            bar.set_postfix(copy_loss=point["copy_loss"], right=point["copy_right"], alphabet=width)
             if on_log:
                 on_log(step, {k: v for k, v in point.items() if k != "step"})
-            if gate.scale == 1.0 and right >= config.stop_at_right:
+            if right < config.stop_at_right:
+                continue
+            if width < final_width:  # copied: the next most frequent tokens join, up to double
+                width = min(2 * width, final_width)
+                result.widened.append((step, width))
+                alphabet, alphabet_on_device = symbols[:width], symbols[:width].to(device)
+                held_blocks, held_mask = _held_out(alphabet, bos, config, eval_gen, device)
+            elif gate.scale == 1.0:
                 break
     finally:
         bar.close()

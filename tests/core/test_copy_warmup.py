@@ -73,6 +73,29 @@ def test_warmup_brings_the_mlps_in_and_stops_once_copying_is_right_enough():
         copy_warmup(model, ALPHABET, 1, replace(config, seq_len=64), progress=False)
 
 
+def test_warmup_doubles_the_alphabet_each_time_it_is_copied_up_to_widen_to():
+    # The output rows of tokens never in the alphabet get no gradient (and Adam without weight decay leaves
+    # them still), so which rows moved shows which symbols the blocks drew.
+    symbols = torch.arange(100, 300)                     # most frequent first
+    config = CopyWarmupConfig(steps=20, mlp_off_steps=0, mlp_ramp=1, batch_size=2, eval_every=2, stop_at_right=0.0)
+    moved = {}
+    for widen_to in (0, 160):
+        model = toy_model()
+        before = model.lm_head.weight.detach().clone()
+        result = copy_warmup(model, symbols, 1, replace(config, widen_to=widen_to), progress=False)
+        moved[widen_to] = {int(t) for t in (model.lm_head.weight != before).any(dim=1).nonzero()}
+        if widen_to:
+            # A bar of 0 is met at every evaluation: 64 -> 128 at step 2, -> 160 (not 256) at step 4, stop at 6.
+            assert result.widened == [(2, 128), (4, 160)] and result.steps == 6
+            assert [p["alphabet"] for p in result.curve] == [64, 128, 160]
+        else:
+            assert result.widened == [] and result.steps == 2
+    assert moved[0] == set(range(100, 164))
+    assert len(moved[160]) > 128 and moved[160] <= set(range(100, 260))  # the last 32 joined, none beyond
+    with pytest.raises(ValueError, match="widen_to 64"):
+        copy_warmup(toy_model(), symbols, 1, replace(config, widen_to=64), progress=False)
+
+
 def test_mlp_gate_and_latent_lr_leave_no_hooks_behind_when_closed():
     model = toy_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -96,6 +119,7 @@ def test_build_runs_the_warmup_first_and_records_it(tmp_path):
     assert any(m.startswith("copy warm-up: up to 6 steps") for m in messages)
     info = json.loads((result.path / "build_info.json").read_text())
     assert info["copy_warmup"]["steps"] == 6 and 0 < info["copy_warmup"]["copy_loss"] < 10
+    assert info["copy_warmup"]["widened"] == [] and info["copy_warmup"]["alphabet"] == 64
     params = registry.run_params(result.run_id)
     assert params["copy_warmup.steps"] == "6" and params["copy_warmup.latent_lr"] == "0.0"
 
@@ -104,9 +128,12 @@ def test_build_runs_the_warmup_first_and_records_it(tmp_path):
     with pytest.raises(InputError, match="--copy-warmup-steps"):
         build_model(settings, preset="test", steps=4, out=tmp_path / "bad", progress=False, registry=registry,
                     copy_warmup_steps=-1)
-    # The copying preset: the latent as wide as the hidden state, a warm-up, pre-training at 1e-3 with copy blocks.
+    # The copying preset: the latent as wide as the hidden state, a widening warm-up, pre-training at 1e-3 with
+    # copy blocks.
     copying = PRESETS["copying"]
     assert copying.model_overrides["kv_lora_rank"] == 256 and copying.copy_warmup.latent_lr == 0.0
+    assert copying.copy_warmup.widen_to > copying.copy_warmup.alphabet
+    assert copying.pretrain.copy_alphabet == copying.copy_warmup.widen_to  # or the rarer symbols are forgotten
     assert copying.pretrain.lr == 1e-3 and copying.pretrain.copy_share > 0
 
 

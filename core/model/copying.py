@@ -149,13 +149,13 @@ def copy_warmup(model, symbols: torch.Tensor, bos: int, config: CopyWarmupConfig
         raise ValueError(f"copy warm-up widen_to {config.widen_to}: must exceed the alphabet ({config.alphabet}) "
                          f"and not exceed the {len(symbols)} symbols given")
     model.to(device).train()
-    symbols = symbols.cpu()  # blocks are drawn on the CPU, the loss runs on device
+    # The alphabet is always the first ``width`` symbols: blocks are drawn from them on the CPU, the loss
+    # runs over them on the device.
+    symbols, symbols_on_device = symbols.cpu(), symbols.to(device)
     width, final_width = config.alphabet, max(config.alphabet, config.widen_to)
     train_gen = torch.Generator().manual_seed(config.seed)
     eval_gen = torch.Generator().manual_seed(config.seed + 99)
-    alphabet = symbols[:width]
-    held_blocks, held_mask = _held_out(alphabet, bos, config, eval_gen, device)
-    alphabet_on_device = alphabet.to(device)
+    held_out = _held_out(symbols[:width], bos, config, eval_gen, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     gate = MLPGate(model, config.mlp_off_steps, config.mlp_ramp)
     latent = LatentLR(model, optimizer, config.latent_lr) if config.latent_lr != 1.0 else None
@@ -165,9 +165,9 @@ def copy_warmup(model, symbols: torch.Tensor, bos: int, config: CopyWarmupConfig
     try:
         for step in bar:
             gate.at_step(step)
-            blocks, mask = (t.to(device) for t in copy_blocks(config.batch_size, config.seq_len, alphabet, bos,
-                                                              train_gen, with_mask=True))
-            loss, _ = alphabet_copy_loss(model, blocks, mask, alphabet_on_device)
+            blocks, mask = (t.to(device) for t in copy_blocks(config.batch_size, config.seq_len, symbols[:width],
+                                                              bos, train_gen, with_mask=True))
+            loss, _ = alphabet_copy_loss(model, blocks, mask, symbols_on_device[:width])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -177,7 +177,7 @@ def copy_warmup(model, symbols: torch.Tensor, bos: int, config: CopyWarmupConfig
                 continue
             model.eval()
             with torch.no_grad():
-                held, right = alphabet_copy_loss(model, held_blocks, held_mask, alphabet_on_device)
+                held, right = alphabet_copy_loss(model, *held_out, symbols_on_device[:width])
             model.train()
             point = {"step": step, "copy_loss": round(held.item(), 3), "copy_right": round(right, 3),
                      "mlp_scale": round(gate.scale, 3), "alphabet": width}
@@ -190,8 +190,7 @@ def copy_warmup(model, symbols: torch.Tensor, bos: int, config: CopyWarmupConfig
             if width < final_width:  # copied: the next most frequent tokens join, up to double
                 width = min(2 * width, final_width)
                 result.widened.append((step, width))
-                alphabet, alphabet_on_device = symbols[:width], symbols[:width].to(device)
-                held_blocks, held_mask = _held_out(alphabet, bos, config, eval_gen, device)
+                held_out = _held_out(symbols[:width], bos, config, eval_gen, device)
             elif gate.scale == 1.0:
                 break
     finally:

@@ -14,6 +14,9 @@ as the baseline in the same run, the base model without it):
   citation EXISTS; these two check it is the right one);
 - ``degenerate``: the model's text (kept or rejected) repeats a phrase of 1-6 words three times in a row
   (the tiny model's loops);
+- ``quote_in_passages``: the model's text (kept or rejected) quotes at least one span of 6+ characters, and
+  every such quote is found word for word in a retrieved passage: it copied from its prompt, whichever
+  article it then named;
 - ``choice_names_gold``: does the model at least *rank* the articles right? Every grounded answer the
   shown windows support (``prompt.grounded_candidates``: one per article, verifiable by construction) is
   scored through ``/v1/score`` with the same prompt (the head ``依据<article>`` / ``<article>`` the adapter
@@ -93,7 +96,15 @@ def score(q: dict, hits: list, result) -> dict:
             "names_gold_statute": result.mode == "model" and any(
                 c["marker"] == q["gold_statute"] for c in result.citations),
             "degenerate": loops(raw_model_text(result)),
-}
+            "quote_in_passages": quotes_in_passages(raw_model_text(result), hits)}
+
+
+def quotes_in_passages(text: str, hits: list) -> bool:
+    from apps.legal.answer import _QUOTE, _norm
+
+    quotes = [_norm(m.group(1) or m.group(2)) for m in _QUOTE.finditer(text)]
+    passages = [_norm(h.text) for h in hits]
+    return bool(quotes) and all(any(q in p for p in passages) for q in quotes)
 
 
 def grounded_choices(q: dict, hits: list) -> tuple[list[dict], dict[str, str]]:
@@ -200,6 +211,7 @@ def main(argv=None) -> int:
                 "kept_citation_cites_gold": round(sum(r["kept_citation_cites_gold"] for r in rows) / n, 3),
                 "names_gold_statute": round(sum(r["names_gold_statute"] for r in rows) / n, 3),
                 "degenerate": round(sum(r["degenerate"] for r in rows) / n, 3),
+                "quote_in_passages": round(sum(r["quote_in_passages"] for r in rows) / n, 3),
                 "choice_names_gold": round(sum(r["choice"] for r in rows) / n, 3),
                 "seconds_per_answer_p50": round(sorted(times)[n // 2], 2)}
             print(json.dumps({"progress": model, **result["models"][model]}), file=sys.stderr)

@@ -9,6 +9,7 @@ copying predicts them) and spans of domain text from a corpus the build never sa
 first occurrence's loss is then also the model's language-model loss on unseen text).
 
     python bench/model_copy.py [--model var/models/deepseek-tiny] [--adapter var/adapters/legal]
+                               [--span-lengths 24 100 200]
 
 Session 15 (docs/benchmarks/legal.md): deepseek-tiny 11.00 / 11.10 on runs of 16 tokens, accuracy 0.
 """
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-spans", type=int, default=32, help="spans of unseen domain text to repeat (0: none)")
+    ap.add_argument("--span-lengths", type=int, nargs="+", default=[24], metavar="N",
+                    help="tokens per text span; the repeat copies from N tokens back, so long spans show how far "
+                         "back copying reaches (a legal prompt's passages sit 100-500 tokens before the answer)")
     ap.add_argument("--frequent", type=int, nargs="*", default=[64, 512], metavar="N",
                     help="also random runs of 16 over the N most frequent tokens of that text (none: skip)")
     args = ap.parse_args(argv)
@@ -115,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model / "config.json").exists():
         ap.error(f"--model {args.model}: no config.json (build it with `dsv model ensure`)")
     model = AutoModelForCausalLM.from_pretrained(str(args.model))
+    longest = 2 * max(args.span_lengths) + 1
+    if args.text_spans and longest > model.config.max_position_embeddings:
+        ap.error(f"--span-lengths {max(args.span_lengths)}: a span and its repeat need {longest} positions, the model "
+                 f"has {model.config.max_position_embeddings}")
     if args.adapter is not None:
         from peft import PeftModel
 
@@ -128,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(str(args.model))
         stream = unseen_text_stream(tokenizer, args.seed)
         if args.text_spans:
-            spans = [text_span_figures(model, tokenizer, stream, 24, args.text_spans, args.seed)]
+            spans = [text_span_figures(model, tokenizer, stream, n, args.text_spans, args.seed)
+                     for n in args.span_lengths]
         frequent = [frequent_token_figures(model, stream, tokenizer.all_special_ids, top, bos, 16, args.runs, args.seed)
                     for top in args.frequent]
     print(json.dumps({"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None,

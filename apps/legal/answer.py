@@ -139,7 +139,9 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
     - a 《title》 that is no law in the statute database (a garbled name the citation pattern cannot even
       parse, e.g. "《中华人民共和国矿法》第六法》", would otherwise pass unchecked);
     - no real article left after ``verify_citations`` removed the ones it named: "依据[unverified citation
-      removed][1]。" keeps a valid [1] but no claim (session 15's quote-less adapter: 16 of 40 answers).
+      removed][1]。" keeps a valid [1] but no claim (session 15's quote-less adapter: 16 of 40 answers);
+    - an unbalanced quotation mark or 《》: a quote or title cut at one end cannot be checked
+      against anything (session 22's adapter: 'GDPR of the annualer have in place, and" [1].', 3 of 40).
 
     Measured on the tiny adapter (docs/benchmarks/legal.md): with the marker and quote checks alone, 39 of
     40 answers were kept, most of them "<some real article> applies" with an empty quote."""
@@ -159,6 +161,12 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
     for m in _TITLE.finditer(answer.answer):
         if m.group(1) not in titles:
             problems.append({"citation": m.group(0), "reason": "not a law in the statute database"})
+    text = answer.answer
+    if text.count('"') % 2 or text.count("“") != text.count("”"):
+        problems.append({"citation": text[:80], "reason": "unbalanced quotation marks"})
+    outside_quotes = _ANY_QUOTE.sub("", text)  # a quote may cut a title its passage names: that is its words
+    if outside_quotes.count("《") != outside_quotes.count("》"):
+        problems.append({"citation": text[:80], "reason": "unbalanced law title marks"})
     unreal = [f["citation"] for f in answer.flagged if f["reason"] == "not a real statute article"]
     if unreal and all(c["marker"].startswith("[") for c in answer.citations):  # no real article kept
         problems.append({"citation": unreal[0], "reason": "every article it named was removed as not real"})

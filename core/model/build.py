@@ -67,12 +67,13 @@ PRESETS = {
     # key/value latent as wide as the hidden state (held at its random init during the warm-up), a copy-block
     # warm-up with the MLPs off whose alphabet doubles from 64 to 4,096 tokens as each width is copied, then
     # pre-training at the rate copying survives, copy blocks over the same 4,096 tokens mixed in (over 512 the
-    # rarer ones are forgotten). About 45 minutes on 2 CPU cores. Experimental: the heads formed in one seed of
-    # two, and the language-model loss is worse than the default's (docs/benchmarks/model.md, "Copying,
-    # session 21").
+    # rarer ones are forgotten), on 512-token blocks with repeats up to 463 tokens back (log-uniform gaps):
+    # heads pre-trained on 256-token blocks copy nothing from 200 tokens back, and a legal prompt is 420-560
+    # tokens long. About 80 minutes on 2 CPU cores. Experimental: the heads formed in one seed of two, and the
+    # language-model loss is worse than the default's (docs/benchmarks/model.md, "Copying, sessions 21-22").
     "copying": BuildPreset("copying", CorpusSpec(), 8000,
-                           PretrainConfig(steps=1000, batch_size=4, seq_len=256, lr=1e-3, copy_share=0.2,
-                                          copy_alphabet=4096),
+                           PretrainConfig(steps=1000, batch_size=4, seq_len=512, lr=1e-3, copy_share=0.2,
+                                          copy_alphabet=4096, copy_max_gap=463, copy_log_gaps=True),
                            model_overrides=dict(kv_lora_rank=256), copy_warmup=CopyWarmupConfig(widen_to=4096)),
     # Same code path, toy sizes: a full build in seconds, for tests and smoke checks.
     "test": BuildPreset(

@@ -48,6 +48,9 @@ class PretrainConfig:
     log_every: int = 10
     copy_share: float = 0.0            # share of training blocks that are synthetic copy blocks (see above)
     copy_alphabet: int = 512           # copy blocks draw from this many most frequent corpus tokens
+    copy_max_gap: int = 20             # random tokens between a copy run and its repeat, at most (clipped to the
+                                       # block); copying reaches only as far back as it was trained to
+    copy_log_gaps: bool = False        # gaps drawn log-uniformly: far repeats added, near ones still common
     latent_lr: float = 1.0             # MLA's key/value latent at lr x this (0 = held; core/model/copying.py)
     device: str = "cpu"                # "cuda" on a GPU machine; the model comes back to the CPU after
 
@@ -89,13 +92,16 @@ def pack_token_stream(sequences: Iterable[list[int]], seq_len: int) -> torch.Ten
 
 
 def copy_blocks(n_blocks: int, seq_len: int, alphabet: torch.Tensor, bos: int, generator: torch.Generator,
-                min_run: int = 6, max_run: int = 24, max_gap: int = 20, with_mask: bool = False):
+                min_run: int = 6, max_run: int = 24, max_gap: int = 20, with_mask: bool = False,
+                log_gaps: bool = False):
     """``[n_blocks, seq_len]`` blocks of random ``alphabet`` tokens (BOS first) in which runs of
     ``min_run``..``max_run`` tokens reappear after a gap of 0..``max_gap`` random tokens. Nothing in a block
     but the earlier occurrence predicts a repeat, and the varying run length and gap leave no fixed
     position offset to learn instead (a model that learns "copy the token 8 back" from runs of exactly 8
     has learnt nothing it can use on a prompt). ``with_mask``: also a bool mask of the repeated tokens
-    that copying predicts (each repeat but its first token, which nothing announces)."""
+    that copying predicts (each repeat but its first token, which nothing announces). ``log_gaps``: gaps drawn
+    log-uniformly instead, so that a long ``max_gap`` adds far repeats (copying from hundreds of tokens back,
+    as an answer quotes its prompt) without making the near ones rare."""
     if max_run * 2 + max_gap + 1 > seq_len:
         raise ValueError(f"seq_len {seq_len} too short for copy runs of {max_run} tokens and gaps of {max_gap}")
     pick = torch.randint(0, len(alphabet), (n_blocks, seq_len), generator=generator)
@@ -106,10 +112,15 @@ def copy_blocks(n_blocks: int, seq_len: int, alphabet: torch.Tensor, bos: int, g
     def draw(low: int, high: int) -> int:
         return int(torch.randint(low, high + 1, (1,), generator=generator))
 
+    def draw_log_uniform(high: int) -> int:   # 0..high, each factor of e about as likely as the next
+        u = float(torch.rand((1,), generator=generator))
+        return min(high, int(math.exp(u * math.log(high + 1))) - 1)
+
     for row, repeats in zip(blocks, mask):
         pos = 1 + draw(0, 8)
         while True:
-            run, gap = draw(min_run, max_run), draw(0, max_gap)
+            run = draw(min_run, max_run)
+            gap = draw_log_uniform(max_gap) if log_gaps else draw(0, max_gap)
             if pos + 2 * run + gap > seq_len:
                 break
             row[pos + run + gap: pos + 2 * run + gap] = row[pos: pos + run].clone()
@@ -145,8 +156,10 @@ def add_copy_blocks(blocks: torch.Tensor, config: PretrainConfig, bos: int,
     generator = torch.Generator().manual_seed(config.seed + 1)
     seq_len = blocks.shape[1]
     max_run = min(24, seq_len // 4)  # short test blocks get shorter runs
+    max_gap = min(config.copy_max_gap, seq_len - 2 * max_run - 1)
     copies, predictable = copy_blocks(n_copy, seq_len, alphabet, bos, generator, min_run=min(6, max_run),
-                                      max_run=max_run, max_gap=min(20, seq_len // 4), with_mask=True)
+                                      max_run=max_run, max_gap=max_gap, with_mask=True,
+                                      log_gaps=config.copy_log_gaps)
     copy_labels = copies.masked_fill(~predictable, -100)
     return torch.cat([blocks, copies]), torch.cat([blocks, copy_labels])
 

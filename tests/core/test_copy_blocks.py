@@ -81,8 +81,13 @@ def run_model_copy_bench(model_dir, capsys) -> dict:
     bench = load_bench("model_copy")
     capsys.readouterr()
     assert bench.main(["--model", str(model_dir), "--run-lengths", "8", "--runs", "3", "--text-spans", "3",
-                       "--frequent", "16", "64"]) == 0
-    return json.loads(capsys.readouterr().out)
+                       "--span-lengths", "8", "40", "--frequent", "16", "64"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    # A span and its repeat must fit the model's positions (the test preset has 256).
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(model_dir), "--text-spans", "3", "--span-lengths", "200", "--frequent"])
+    assert "need 401 positions" in capsys.readouterr().err
+    return figures
 
 
 def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path, capsys):
@@ -104,6 +109,7 @@ def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path, capsys
     for part in figures["random_token_runs"] + figures["frequent_token_runs"] + figures["text_spans"]:
         assert part["runs"] == 3 and 0 < part["loss_first"] < 20 and 0 < part["loss_repeat"] < 20
         assert 0.0 <= part["next_token_right_on_repeat"] <= 1.0
+    assert [part["run_length"] for part in figures["text_spans"]] == [8, 40]
     # Runs over the most frequent tokens of unseen text (the warm-up's kind of symbols), as many as asked.
     assert [part["alphabet"] for part in figures["frequent_token_runs"]] == [16, 64]
     with pytest.raises(InputError, match="--copy-share"):
@@ -123,6 +129,30 @@ def test_build_with_copy_share_trains_on_the_mix_and_records_it(tmp_path, capsys
             build_model(settings, preset="test", steps=8, out=tmp_path / "bad", progress=False,
                         registry=registry, device="cuda")
     assert not (tmp_path / "bad").exists()
+
+
+def test_log_gaps_reach_far_back_and_keep_near_repeats_common():
+    """Copying reaches only as far back as it was trained to (docs/benchmarks/model.md, session 21: heads
+    trained on gaps of <= 20 fail on text repeated 200 tokens later), so long blocks draw long gaps."""
+    alphabet = torch.arange(100, 4196)
+    generator = lambda: torch.Generator().manual_seed(5)
+    near, near_mask = copy_blocks(40, 512, alphabet, 1, generator(), with_mask=True)
+    far, far_mask = copy_blocks(40, 512, alphabet, 1, generator(), max_gap=463, log_gaps=True, with_mask=True)
+    offsets = lambda blocks: [start - earlier for row in blocks for start, earlier, _ in repeated_runs(row, 6)]
+    near_offsets, far_offsets = offsets(near), offsets(far)
+    assert max(near_offsets) <= 24 + 20  # run + gap
+    assert max(far_offsets) > 300 and sum(o > 100 for o in far_offsets) >= 20
+    assert sum(o <= 44 for o in far_offsets) >= 0.3 * len(far_offsets)  # log-uniform: near ones still common
+    for row, repeats in zip(far, far_mask):  # the mask still marks repeat tokens only
+        expected = torch.zeros_like(repeats)
+        for start, _, length in repeated_runs(row, 6):
+            expected[start + 1: start + length] = True
+        assert bool((repeats <= expected).all())
+    # add_copy_blocks clips the gap to what the block holds (two runs of 24 and the gap).
+    corpus = torch.randint(100, 612, (30, 128), generator=torch.Generator().manual_seed(1))
+    mixed, labels = add_copy_blocks(corpus, PretrainConfig(copy_share=0.5, copy_max_gap=10_000, copy_log_gaps=True),
+                                    bos=1)
+    assert mixed.shape == (60, 128) and (labels[30:] != -100).any()
 
 
 def test_copy_mask_marks_exactly_the_predictable_repeat_tokens():

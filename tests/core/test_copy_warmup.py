@@ -135,6 +135,10 @@ def test_build_runs_the_warmup_first_and_records_it(tmp_path):
     assert copying.copy_warmup.widen_to > copying.copy_warmup.alphabet
     assert copying.pretrain.copy_alphabet == copying.copy_warmup.widen_to  # or the rarer symbols are forgotten
     assert copying.pretrain.lr == 1e-3 and copying.pretrain.copy_share > 0
+    # Blocks as long as a legal prompt (420-560 tokens), with repeats reaching across them: heads pre-trained on
+    # 256-token blocks do not copy from further back.
+    assert copying.pretrain.seq_len >= 512 and copying.pretrain.copy_log_gaps
+    assert copying.pretrain.copy_max_gap >= copying.pretrain.seq_len - 2 * 24 - 1
 
 
 def test_pretraining_can_hold_the_latent_too():

@@ -69,7 +69,7 @@ def test_a_real_article_must_apply_in_a_cited_passage_and_titles_must_be_laws():
     # a quote from the named article's own text grounds it (the existing quote rule's other source)
     assert reasons('GDPR Article 33 applies: "the controller shall without undue delay" [2].') == []
     assert reasons("依据《中华人民共和国矿法》第六法》第六法》第五百七十七条规定：”[1]。") == [
-        "not a law in the statute database"]
+        "not a law in the statute database", "unbalanced quotation marks", "unbalanced law title marks"]
     # the judgment quoted does not cite article 577, nor is the quote in the article's own text ...
     assert reasons("依据《中华人民共和国民法典》第五百七十七条：“当事人一方不履行合同义务的”[1]。") == [
         "no cited passage applies this article"]
@@ -79,6 +79,13 @@ def test_a_real_article_must_apply_in_a_cited_passage_and_titles_must_be_laws():
     # an answer whose only article was not real keeps a valid [1] but no claim once it is removed
     assert reasons("依据《中华人民共和国乡村犯罪法》第六十三条[1]。") == ["every article it named was removed as not real"]
     assert reasons("依据《中华人民共和国乡村犯罪法》第六十三条、《中华人民共和国民法典》第五百七十七条[1]。") == []
+    # What session 22's adapter had kept: quotes and titles cut at one end, which no source can be checked for.
+    assert reasons('GDPR of the annualer have in place, and ICT-related incidents, and" [1].') == [
+        "unbalanced quotation marks"]
+    assert reasons("依据《 right解放军总损坏谋“当事人一方不履行合同义务的”[1]。") == ["unbalanced law title marks"]
+    assert "unbalanced law title marks" not in reasons("依据《中华人民共和国民法典》第五百七十七条：“依照《中华人民共和国民法典”[1]。")
+    assert reasons("依据《中华人民共和国民法典》第五百七十七条：当事人一方不履行合同义务的”[1]。") == [
+        "unbalanced quotation marks"]
 
 
 def test_planted_injection_never_reaches_the_prompt_as_instructions(legal_kb):

@@ -100,10 +100,10 @@ def score(q: dict, hits: list, result) -> dict:
 
 
 def quotes_in_passages(text: str, hits: list) -> bool:
-    from apps.legal.answer import _QUOTE, _norm
+    from apps.legal.answer import collapse_space, quoted_spans
 
-    quotes = [_norm(m.group(1) or m.group(2)) for m in _QUOTE.finditer(text)]
-    passages = [_norm(h.text) for h in hits]
+    quotes = quoted_spans(text)
+    passages = [collapse_space(h.text) for h in hits]
     return bool(quotes) and all(any(q in p for p in passages) for q in quotes)
 
 

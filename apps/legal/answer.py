@@ -100,8 +100,13 @@ def verify_citations(text: str, hits: list) -> VerifiedAnswer:
 _QUOTE = re.compile(r"“([^”]{6,})”|\"([^\"]{6,})\"")
 
 
-def _norm(text: str) -> str:
+def collapse_space(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
+
+
+def quoted_spans(text: str) -> list[str]:
+    """The spans of 6+ characters between quotation marks (“…” or "…"), whitespace collapsed."""
+    return [collapse_space(m.group(1) or m.group(2)) for m in _QUOTE.finditer(text)]
 
 
 def unsupported_quotes(answer: VerifiedAnswer) -> list[str]:
@@ -109,10 +114,10 @@ def unsupported_quotes(answer: VerifiedAnswer) -> list[str]:
     articles). A marker that names a retrieved passage only proves the passage exists; a quote the
     model attributes to the law or a judgment must also be in it, or the answer is not grounded (the
     tiny adapter's typical output: a valid [1] after a quote it made up)."""
-    sources = [_norm(c["passage"]) for c in answer.citations if c.get("passage")]
+    sources = [collapse_space(c["passage"]) for c in answer.citations if c.get("passage")]
     missing = []
-    for m in _QUOTE.finditer(answer.answer):
-        quote = _norm(m.group(1) or m.group(2)).rstrip("…. ")
+    for quote in quoted_spans(answer.answer):
+        quote = quote.rstrip("…. ")
         if len(quote) >= 6 and not any(quote in src for src in sources):
             missing.append(quote[:80])
     return missing
@@ -151,11 +156,11 @@ def grounding_problems(answer: VerifiedAnswer, hits: list) -> list[dict]:
             problems.append({"citation": m.group(0), "reason": "empty quote"})
     cited = [hits[int(c["marker"][1:-1]) - 1] for c in answer.citations if c["marker"].startswith("[")]
     applied_in_cited = {key for h in cited for key in (*find_citations(h.text), *getattr(h, "statutes", ()))}
-    quotes = [_norm(m.group(1) or m.group(2)) for m in _QUOTE.finditer(answer.answer)]
+    quotes = quoted_spans(answer.answer)
     for c in answer.citations:
         if c["marker"].startswith("[") or c["marker"] in applied_in_cited:
             continue
-        if not any(q and q in _norm(c["passage"]) for q in quotes):
+        if not any(q and q in collapse_space(c["passage"]) for q in quotes):
             problems.append({"citation": c["marker"], "reason": "no cited passage applies this article"})
     titles = _law_titles()
     for m in _TITLE.finditer(answer.answer):

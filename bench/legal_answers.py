@@ -89,14 +89,15 @@ def score(q: dict, hits: list, result) -> dict:
     kept = [c for c in result.citations if c["marker"].startswith("[")]
     by_marker = {f"[{n}]": h for n, h in enumerate(hits, 1)}
     removed = [f for f in result.flagged if f["reason"] in ("no such retrieved passage", "not a real statute article")]
+    generated = raw_model_text(result)
     return {"model_answer_kept": result.mode == "model",
             "citations_removed": len(removed),
             "kept_citation_cites_gold": result.mode == "model" and any(
                 q["gold_statute"] in by_marker[c["marker"]].statutes for c in kept if c["marker"] in by_marker),
             "names_gold_statute": result.mode == "model" and any(
                 c["marker"] == q["gold_statute"] for c in result.citations),
-            "degenerate": loops(raw_model_text(result)),
-            "quote_in_passages": quotes_in_passages(raw_model_text(result), hits)}
+            "degenerate": loops(generated),
+            "quote_in_passages": quotes_in_passages(generated, hits)}
 
 
 def quotes_in_passages(text: str, hits: list) -> bool:

@@ -22,8 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--preset", choices=["default", "copying", "test"], default="default",
                    help="'copying' (experimental) runs a copy-block warm-up before pre-training so that the model "
-                        "copies from its prompt (about 45 minutes on 2 CPU cores; the heads formed in one seed of two: "
-                        "docs/benchmarks/model.md, 'Copying, session 21'); 'test' builds a "
+                        "copies from its prompt, within its 512-token blocks (about 80 minutes on 2 CPU cores; the heads "
+                        "formed in one seed of two: docs/benchmarks/model.md, 'Copying, sessions 21-22'); 'test' builds a "
                         "toy-sized model in seconds through the same code")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: DSV_HOME/models/deepseek-tiny)")
     p.add_argument("--copy-share", type=float, default=None,

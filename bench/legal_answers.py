@@ -38,6 +38,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -150,6 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["legal", "deepseek-tiny"],
                     help="served model ids: the adapter first, then the baseline (the base model)")
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--quotes", nargs="+", choices=["copied", "free"], default=["copied", "free"],
+                    help="copied: the server keeps quotes verbatim copies of the shown windows (what dsv legal "
+                         "ask does); free: the model's unconstrained text. Each model is measured in each mode")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON (and examples) here")
     args = ap.parse_args(argv)
 
@@ -188,24 +192,30 @@ def main(argv=None) -> int:
     try:
         client = ModelClient(url, timeout=300.0)
         served = {m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]}
-        for model in args.models:
+        runs = [(model, mode) for model in args.models for mode in args.quotes]
+        choices: dict[str, list[bool]] = {}  # the model's choice does not depend on the quote mode
+        for model, mode in runs:
+            label = model if mode == "copied" else f"{model}, free quotes"
             if model not in served:
-                result["models"][model] = {"error": f"not served (served: {sorted(served)})"}
+                result["models"][label] = {"error": f"not served (served: {sorted(served)})"}
                 continue
-            answerer = LegalAnswerer(client, model=model, max_tokens=args.max_tokens)
+            answerer = LegalAnswerer(client, model=model, max_tokens=args.max_tokens, copy_quotes=mode == "copied")
+            if model not in choices:
+                choices[model] = [model_choice_names_gold(client, model, q, hits) for q, hits in evidence]
             rows, times = [], []
-            for q, hits in evidence:
+            for (q, hits), choice in zip(evidence, choices[model]):
                 t = time.perf_counter()
                 answer = answerer.answer(q["question"], hits)
                 times.append(time.perf_counter() - t)
-                rows.append({**score(q, hits, answer), "choice": model_choice_names_gold(client, model, q, hits)})
-                shown = result["examples"].setdefault(f"{model}:{answer.mode.split(' ')[0]}", [])
+                rows.append({**score(q, hits, answer), "choice": choice, "mode": answer.mode,
+                             "zh": bool(re.search(r"[\u4e00-\u9fff]", q["question"]))})
+                shown = result["examples"].setdefault(f"{label}:{answer.mode.split(' ')[0]}", [])
                 if len(shown) < 3:  # a few of each outcome: the model's own text, and fallbacks
                     shown.append({"question": q["question"], "gold": q["gold_statute"],
                                                       "mode": answer.mode, "answer": answer.answer[:400],
                                                       "flagged": answer.flagged[:4]})
             n = len(rows)
-            result["models"][model] = {
+            result["models"][label] = {
                 "model_answer_kept": round(sum(r["model_answer_kept"] for r in rows) / n, 3),
                 "fallback_extractive": round(sum(not r["model_answer_kept"] for r in rows) / n, 3),
                 "citations_removed_per_answer": round(sum(r["citations_removed"] for r in rows) / n, 2),
@@ -214,8 +224,12 @@ def main(argv=None) -> int:
                 "degenerate": round(sum(r["degenerate"] for r in rows) / n, 3),
                 "quote_in_passages": round(sum(r["quote_in_passages"] for r in rows) / n, 3),
                 "choice_names_gold": round(sum(r["choice"] for r in rows) / n, 3),
-                "seconds_per_answer_p50": round(sorted(times)[n // 2], 2)}
-            print(json.dumps({"progress": model, **result["models"][model]}), file=sys.stderr)
+                "seconds_per_answer_p50": round(sorted(times)[n // 2], 2),
+                "kept_zh_en": [sum(r["model_answer_kept"] for r in rows if r["zh"]),
+                               sum(r["model_answer_kept"] for r in rows if not r["zh"])],
+                "questions_zh_en": [sum(r["zh"] for r in rows), sum(not r["zh"] for r in rows)],
+                "outcomes": dict(Counter(r["mode"] for r in rows).most_common())}
+            print(json.dumps({"progress": label, **result["models"][label]}), file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -80,12 +80,15 @@ class ModelClient:
     # -- OpenAI API -------------------------------------------------------------------------------
 
     def chat(self, model: str, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
-             seed: int | None = None, stop: list[str] | None = None) -> str:
-        """Send a chat completion and return the assistant's text."""
+             seed: int | None = None, stop: list[str] | None = None,
+             quote_sources: list[str] | None = None) -> str:
+        """Send a chat completion and return the assistant's text. ``quote_sources`` (dsv's extension):
+        whatever the model quotes is copied verbatim from one of these texts."""
+        extra = {"quote_sources": quote_sources} if quote_sources else None
         with self._guarded(), self._translate_errors():
             response = self._openai.chat.completions.create(
                 model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
-                seed=seed, stop=stop,
+                seed=seed, stop=stop, extra_body=extra,
             )
         return response.choices[0].message.content or ""
 

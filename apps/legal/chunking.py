@@ -36,8 +36,13 @@ def tokenize(text: str) -> list[str]:
     return out
 
 
+def sentence_pieces(text: str) -> list[str]:
+    """Sentences and the blanks between them: joined, exactly ``text``."""
+    return [s for s in _SENTENCE_END.split(text) if s]
+
+
 def split_sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(text) if s and s.strip()]
+    return [s for s in sentence_pieces(text) if s.strip()]
 
 
 def chunk_text(text: str, max_chars: int = 700, overlap_sentences: int = 1) -> list[str]:

@@ -25,12 +25,16 @@ class LegalAnswerer:
     """Generate a cited answer with the `legal` adapter; verify it; fall back to extraction when needed."""
 
     def __init__(self, client=None, model: str = "legal", max_tokens: int = ANSWER_TOKENS,
-                 offline_reason: str = "model server unavailable"):
+                 offline_reason: str = "model server unavailable", copy_quotes: bool = True):
         self.client = client          # a core.client.ModelClient, or None (server down / not configured)
         self.offline_reason = offline_reason  # label of the fallback when client is None
         self.model = model
         self.max_tokens = max_tokens
+        # The server keeps whatever the model quotes a verbatim copy of a shown window (its
+        # quote_sources extension); the verifier below still judges the answer as a whole.
+        self.copy_quotes = copy_quotes
         self.last_messages: list[dict] | None = None  # exactly what was sent, for audit and tests
+        self.last_quote_sources: list[str] | None = None
 
     def warm_up(self) -> None:
         pass
@@ -52,7 +56,9 @@ class LegalAnswerer:
             messages, evidence = build_messages(question, hits, budget)
             self.last_messages = messages
             try:
-                text = self.client.chat(self.model, messages, max_tokens=self.max_tokens, temperature=0.0, seed=0)
+                sources = self.last_quote_sources = [e.window for e in evidence] if self.copy_quotes else None
+                text = self.client.chat(self.model, messages, max_tokens=self.max_tokens, temperature=0.0, seed=0,
+                                        quote_sources=sources)
                 break
             except ModelUnavailable as exc:
                 log.warning("model server unavailable (%s): extractive fallback", exc)

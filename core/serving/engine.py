@@ -31,6 +31,7 @@ from typing import Any
 from core.serving.adapters import AdapterSlot, AdapterStore
 from core.serving.metrics import (BATCH_SIZE, PROMPT_TOKENS, REQUESTS_RUNNING, REQUESTS_WAITING,
                                   TIME_TO_FIRST_TOKEN, TOKENS_GENERATED)
+from core.serving.quotes import QuoteConstraint, TokenBytes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    quote_sources: tuple[str, ...] = ()  # quotes must copy one of these verbatim (core.serving.quotes)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), as OpenAI's logit_bias
 
 
 @dataclass
@@ -111,6 +114,8 @@ class _Sequence:
     read_offset: int = 0
     sent_chars: int = 0
     first_token_at: float | None = None
+    quotes: QuoteConstraint | None = None
+    generated_bytes: bytearray = field(default_factory=bytearray)  # what the quote constraint reads
 
 
 class Engine:
@@ -137,6 +142,7 @@ class Engine:
         self._cache = None
         self._mask = None                     # [batch, cached_len] attention mask of the running batch
         self._step_seconds = 0.0              # moving average of a decode step (admission coalescing)
+        self._token_bytes: TokenBytes | None = None  # built on the first request with quote_sources
         self._thread = threading.Thread(target=self._loop, name="dsv-engine", daemon=True)
 
     # -- public API (any thread) -----------------------------------------------------------------
@@ -265,8 +271,13 @@ class Engine:
             generator = self.torch.Generator()
             generator.manual_seed(request.params.seed if request.params.seed is not None
                                   else int(self.torch.randint(0, 2**62, (1,)).item()))
+            quotes = None
+            if request.params.quote_sources:
+                if self._token_bytes is None:
+                    self._token_bytes = TokenBytes(self.tokenizer)
+                quotes = QuoteConstraint(request.params.quote_sources, self._token_bytes)
             admitted.append(_Sequence(request, slot, generator, position=len(request.prompt_ids),
-                                      last_token=-1))
+                                      last_token=-1, quotes=quotes))
         return admitted
 
     # -- model passes ----------------------------------------------------------------------------
@@ -350,8 +361,14 @@ class Engine:
         greedy = logits.argmax(-1).tolist()  # one call for the whole batch; sampled rows redo theirs
         for row, seq in enumerate(sequences):
             params = seq.request.params
-            token = greedy[row] if params.temperature <= 0.0 else _sample(self.torch, logits[row], params,
-                                                                           seq.generator)
+            scores = self._adjusted(seq, logits[row])
+            if scores is None:
+                token = greedy[row] if params.temperature <= 0.0 else _sample(self.torch, logits[row], params,
+                                                                               seq.generator)
+            else:
+                token = _sample(self.torch, scores, params, seq.generator)
+            if seq.quotes is not None:
+                seq.generated_bytes += seq.quotes.table.bytes[token] or b""
             seq.last_token = token  # fed at seq.position by the next decode step
             if seq.first_token_at is None:
                 seq.first_token_at = now
@@ -375,6 +392,26 @@ class Engine:
                 finished.add(id(seq))
         if finished:
             self._keep_rows([i for i, s in enumerate(self._running) if id(s) not in finished])
+
+    def _adjusted(self, seq: _Sequence, logits):
+        """The row's logits after its logit_bias and quote constraint; None when neither applies."""
+        torch = self.torch
+        bias = seq.request.params.logit_bias
+        rule = seq.quotes.next_tokens(bytes(seq.generated_bytes)) if seq.quotes is not None else None
+        if not bias and rule is None:
+            return None
+        if bias:
+            ids, values = zip(*bias)
+            logits = logits.index_add(0, torch.tensor(ids, device=logits.device),
+                                      torch.tensor(values, dtype=logits.dtype, device=logits.device))
+        if rule is not None:
+            only, ids = rule
+            index = torch.tensor(ids, dtype=torch.long, device=logits.device)
+            if only:
+                logits = torch.full_like(logits, float("-inf")).index_fill(0, index, 0.0) + logits
+            else:
+                logits = logits.index_fill(0, index, float("-inf"))
+        return logits
 
     def _emit_text(self, seq: _Sequence) -> str | None:
         """Send the new text; returns "stop-string" when a stop string appeared (text cut before it)."""

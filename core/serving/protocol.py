@@ -36,6 +36,11 @@ class SamplingFields(_Request):
     stream: bool = False
     ignore_eos: bool = False
     """vLLM's extension: keep generating past end-of-sequence (fixed-length benchmarks)."""
+    logit_bias: dict[int, float] | None = Field(default=None, max_length=300)
+    """OpenAI's: token id -> a bias from -100 to 100 added to its logit before sampling."""
+    quote_sources: list[str] | None = Field(default=None, max_length=32)
+    """dsv's extension: text the model writes between quotation marks (“…”, "…", 《…》) is copied
+    verbatim from one of these texts (copy-constrained decoding, ``core.serving.quotes``)."""
     stream_options: StreamOptions | None = None
 
     @field_validator("stop")
@@ -47,6 +52,21 @@ class SamplingFields(_Request):
         if len(values) > 4 or any(not s for s in values):
             raise ValueError("stop: at most 4 non-empty strings")
         return values
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, value):
+        for token, bias in (value or {}).items():
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias: the bias of token {token} must be from -100 to 100, not {bias}")
+        return value
+
+    @field_validator("quote_sources")
+    @classmethod
+    def _sources_bounded(cls, value):
+        if value is not None and sum(len(s) for s in value) > 200_000:
+            raise ValueError("quote_sources: at most 200,000 characters in all")
+        return value
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -146,12 +146,18 @@ class OpenAIServing:
                                f"requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, "
                                f"{wanted} for the completion).", param="max_tokens",
                                code="context_length_exceeded")
+        vocabulary = len(self.tokenizer)
+        unknown = [t for t in request.logit_bias or {} if not 0 <= t < vocabulary]
+        if unknown:
+            raise ServingError(400, f"logit_bias: token id {unknown[0]} is outside the vocabulary (0-{vocabulary - 1})",
+                               param="logit_bias")
         max_tokens = wanted or min(self.config.default_max_tokens, limit - prompt_tokens)
         if self.degrade.enabled:
             max_tokens = min(max_tokens, self.degrade.max_tokens_cap)
         return SamplingParams(max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
                               stop=tuple(request.stop or ()), seed=request.seed,
-                              ignore_eos=request.ignore_eos)
+                              ignore_eos=request.ignore_eos, quote_sources=tuple(request.quote_sources or ()),
+                              logit_bias=tuple((request.logit_bias or {}).items()))
 
     def _submit(self, prompt_ids, params, adapter, model_label) -> tuple[GenerationRequest, asyncio.Queue]:
         loop = asyncio.get_running_loop()

@@ -64,12 +64,15 @@ def test_a_real_article_must_apply_in_a_cited_passage_and_titles_must_be_laws():
     reasons = lambda text: [p["reason"] for p in grounding_problems(verify_citations(text, hits), hits)]  # noqa: E731
     assert reasons('GDPR Article 69 applies: "The Board shall act independently" [4].') == []
     assert reasons('GDPR Article 50 applies: " " [1].') == ["empty quote", "no cited passage applies this article"]
+    # 'sha' out of 'shall' (copy-constrained decoding before quotes had to close on a word edge)
+    assert reasons('GDPR Article 69 applies: "sha" [4].') == ["quote too short to check"]
     assert reasons('GDPR Article 50 applies: "The Board shall act independently" [4].') == [
         "no cited passage applies this article"]
     # a quote from the named article's own text grounds it (the existing quote rule's other source)
     assert reasons('GDPR Article 33 applies: "the controller shall without undue delay" [2].') == []
     assert reasons("依据《中华人民共和国矿法》第六法》第六法》第五百七十七条规定：”[1]。") == [
-        "not a law in the statute database", "unbalanced quotation marks", "unbalanced law title marks"]
+        "not a law in the statute database", "unbalanced quotation marks", "unbalanced law title marks",
+        "names no statute article"]
     # the judgment quoted does not cite article 577, nor is the quote in the article's own text ...
     assert reasons("依据《中华人民共和国民法典》第五百七十七条：“当事人一方不履行合同义务的”[1]。") == [
         "no cited passage applies this article"]
@@ -81,11 +84,14 @@ def test_a_real_article_must_apply_in_a_cited_passage_and_titles_must_be_laws():
     assert reasons("依据《中华人民共和国乡村犯罪法》第六十三条、《中华人民共和国民法典》第五百七十七条[1]。") == []
     # What session 22's adapter had kept: quotes and titles cut at one end, which no source can be checked for.
     assert reasons('GDPR of the annualer have in place, and ICT-related incidents, and" [1].') == [
-        "unbalanced quotation marks"]
-    assert reasons("依据《 right解放军总损坏谋“当事人一方不履行合同义务的”[1]。") == ["unbalanced law title marks"]
+        "unbalanced quotation marks", "names no statute article"]
+    assert reasons("依据《 right解放军总损坏谋“当事人一方不履行合同义务的”[1]。") == [
+        "unbalanced law title marks", "names no statute article"]
     assert "unbalanced law title marks" not in reasons("依据《中华人民共和国民法典》第五百七十七条：“依照《中华人民共和国民法典”[1]。")
     assert reasons("依据《中华人民共和国民法典》第五百七十七条：当事人一方不履行合同义务的”[1]。") == [
         "unbalanced quotation marks"]
+    # Session 23's copy-constrained adapter: its quote is a copy, and it claims nothing.
+    assert reasons('DORA of the "The Board shall act independently" [4].') == ["names no statute article"]
 
 
 def test_planted_injection_never_reaches_the_prompt_as_instructions(legal_kb):
@@ -127,6 +133,9 @@ def test_answer_through_the_real_model_server(legal_kb, model_server):
     answerer = LegalAnswerer(client, model="legal", max_tokens=24)
     result = answerer.answer("How long may retention logs be kept?", hits)
     assert "Ignore previous instructions" not in json.dumps(answerer.last_messages)
+    # Quotes were constrained to the windows the prompt showed (each one a part of its passage).
+    assert answerer.last_quote_sources and all(w in answerer.last_messages[-1]["content"]
+                                               for w in answerer.last_quote_sources)
     assert result.mode == "model" or result.mode.startswith(("extractive (model answer had no verifiable",
                                                              "extractive (model answer not grounded", "selected"))
     if result.mode == "model" or result.mode.startswith("selected"):
@@ -194,6 +203,9 @@ def test_evidence_windows_are_exact_substrings_and_the_training_target_verifies(
     question = "Within what time must the controller notify the personal data breach to the supervisory authority?"
     window = focus_window(text, question, 60)
     assert window in text and "notify" in window and len(window) < len(text)
+    # Blank lines between sentences stay (session 23: windows had lost them, so a quote copied across
+    # "。\n" from a window was in no passage).
+    assert neutralise("被告应赔偿。\n原告撤诉。 Damages follow.\n") == ("被告应赔偿。\n原告撤诉。 Damages follow.\n", False)
     hits = [Hit(0, 0.9, doc_id="d0", text="Damages were awarded.", statutes=("GDPR Article 5",)),
             Hit(1, 0.8, doc_id="d1", text=text, statutes=("GDPR Article 33",))]
     evidence = select_evidence(question, hits, BUDGETS[0])

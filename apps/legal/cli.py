@@ -94,7 +94,8 @@ def cmd_ask(args, settings) -> int:
     retriever = _retriever(args, settings)
     hits = retriever.search(args.question, tenant=args.tenant, k=args.k)
     client = make_client(settings)
-    result = LegalAnswerer(client, model=retriever.cfg.model).answer(args.question, hits)
+    answerer = LegalAnswerer(client, model=retriever.cfg.model, copy_quotes=not args.free_quotes)
+    result = answerer.answer(args.question, hits)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False, indent=1))
     else:
@@ -191,9 +192,13 @@ def register(subparsers) -> None:
     p = add_command(group, "search", cmd_search, "Ranked passages for a query (hybrid BM25 + dense, RRF; optional MiniLM re-rank).")
     p.add_argument("query")
     _search_args(p)
-    p = add_command(group, "ask", cmd_ask, "Answer a question with verified citations (the `legal` adapter; extractive fallback).")
+    p = add_command(group, "ask", cmd_ask, "Answer a question with verified citations (the `legal` adapter, its quotes "
+                    "copied from the passages it is shown; extractive fallback).")
     p.add_argument("question")
     _search_args(p, k_default=5)
+    p.add_argument("--free-quotes", action="store_true",
+                   help="let the adapter quote without the model server's copy constraint (quote_sources), to see "
+                        "what it writes on its own; the verifier is the same")
     p = add_command(group, "review", cmd_review, "Review a contract clause by clause: risky clauses, statutes, precedents, rewording.")
     p.add_argument("contract", help="contract text file")
     p.add_argument("--tenant", default=None, help="tenant label for precedent retrieval")

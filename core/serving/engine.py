@@ -10,6 +10,8 @@ Continuous batching at token boundaries, with a KV cache:
   full batch instead of a string of batch-1 prefills.
 * Rows for different adapters share the pass: PEFT's ``adapter_names=`` applies each row's LoRA (the
   MLA latent cache is computed before the LoRA-targeted projections, so it is adapter-independent).
+* Each row may bend its own next-token choice: ``logit_bias``, and copy-constrained quotes
+  (``quote_sources``, ``core.serving.quotes``), applied to that row's logits before greedy or sampled choice.
 * Scoring requests (label probabilities) are batched the same way: one full forward over all pending
   (prompt + label) sequences, no cache, no generation.
 

@@ -75,6 +75,7 @@ class TokenBytes:
             if data:
                 self.by_bytes[data].append(tid)
         self.longest = max((len(b) for b in self.by_bytes), default=1)
+        self.prefixes = {data[:n] for data in self.by_bytes for n in range(1, len(data) + 1)}
         # Tokens that may go on with a citation marker: digits, "]".
         self.marker = [tid for tid, data in enumerate(self.bytes) if data and data[:1] in b"0123456789]"]
         # Tokens that may open or close a quote contain the last byte of an opener or closer; those
@@ -138,6 +139,8 @@ class QuoteConstraint:
         judged: dict[bytes, bool] = {}
         for cont in self._continuations(pair, content):
             for n in range(1, len(cont) + 1):
+                if cont[:n] not in self.table.prefixes:
+                    break  # no token spells these bytes, nor any longer run of them
                 ids = self.table.by_bytes.get(cont[:n])
                 if not ids:
                     continue

@@ -111,7 +111,7 @@ def test_logit_bias_and_quote_sources_are_checked(model_server):
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.UnprocessableEntityError, match="quote_sources"):
         client.chat.completions.create(model="deepseek-tiny", messages=messages, max_tokens=4,
-                                       extra_body={"quote_sources": ["x" * 200_001]})
+                                       extra_body={"quote_sources": ["x" * 20_001]})
     with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
         client.chat.completions.create(model="deepseek-tiny", messages=messages, max_tokens=4,
                                        logit_bias={"99999999": 5})

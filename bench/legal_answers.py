@@ -12,6 +12,8 @@ as the baseline in the same run, the base model without it):
 - ``kept_citation_cites_gold``: a kept ``[n]`` points at a passage whose judgment cites the gold article,
   and ``names_gold_statute``: the answer names the gold article itself (verification only checks that a
   citation EXISTS; these two check it is the right one);
+- ``kept_in_trained_shape``: a kept answer is exactly the shape the adapter trains on
+  (``依据<article>：“<quote>”[n]。`` / ``<article> applies: "<quote>" [n].``), nothing around or between its parts;
 - ``degenerate``: the model's text (kept or rejected) repeats a phrase of 1-6 words three times in a row
   (the tiny model's loops);
 - ``quote_in_passages``: the model's text (kept or rejected) quotes at least one span of 6+ characters, and
@@ -47,6 +49,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 _WORD = re.compile(r"\w+")
+# The one answer shape the adapter trains on (``prompt.grounded_text``), whole: a kept answer can pass every
+# check and still carry text between its quotes ('"single points of "s the processingal mater public" ...').
+_TRAINED_SHAPE = re.compile(r'依据《[^《》“”]+》第[一二三四五六七八九十百千零]+条：“[^“”]+”\[\d+\]。'
+                            r'|[A-Za-z0-9]+(?: [A-Za-z0-9]+)* Article \d+ applies: "[^"]+" \[\d+\]\.')
 
 
 def loops(text: str, longest: int = 6) -> bool:
@@ -97,6 +103,7 @@ def score(q: dict, hits: list, result) -> dict:
                 q["gold_statute"] in by_marker[c["marker"]].statutes for c in kept if c["marker"] in by_marker),
             "names_gold_statute": result.mode == "model" and any(
                 c["marker"] == q["gold_statute"] for c in result.citations),
+            "kept_in_trained_shape": result.mode == "model" and bool(_TRAINED_SHAPE.fullmatch(result.answer)),
             "degenerate": loops(generated),
             "quote_in_passages": quotes_in_passages(generated, hits)}
 
@@ -221,6 +228,7 @@ def main(argv=None) -> int:
                 "citations_removed_per_answer": round(sum(r["citations_removed"] for r in rows) / n, 2),
                 "kept_citation_cites_gold": round(sum(r["kept_citation_cites_gold"] for r in rows) / n, 3),
                 "names_gold_statute": round(sum(r["names_gold_statute"] for r in rows) / n, 3),
+                "kept_in_trained_shape": round(sum(r["kept_in_trained_shape"] for r in rows) / n, 3),
                 "degenerate": round(sum(r["degenerate"] for r in rows) / n, 3),
                 "quote_in_passages": round(sum(r["quote_in_passages"] for r in rows) / n, 3),
                 "choice_names_gold": round(sum(r["choice"] for r in rows) / n, 3),

@@ -1,6 +1,7 @@
 """The `legal` adapter through the model server (``core.client.ModelClient``), with the fallback.
 
-The adapter's answer is shown when its citations verify and it is grounded. Otherwise the labelled
+The adapter writes with its quotes held to the shown windows (the server's ``quote_sources``, see
+``core/serving/quotes.py``); its answer is shown when its citations verify and it is grounded. Otherwise the labelled
 extractive answer is shown, led by the grounded answer of the highest-ranked window that supports one
 (its own article, its words matching the question, its number: verifiable by construction, never
 generated). Why not let the adapter choose among those grounded answers: measured by

@@ -4,15 +4,15 @@ role for grammars and regexes, not for "a substring of these texts").
 
 Why: a grounded answer quotes its evidence, and the tiny adapter's quotes drift after a few words
 ("of the Commission referred of the Commission ..."). A verifier can only reject such an answer; this
-constraint keeps the model on the source while it quotes, and leaves everything outside quotes to it.
+constraint keeps the model on the source while it quotes, and leaves the rest of the text to it (but
+for a ” or 》 that closes nothing).
 
 Three pairs are constrained: “…” and "…" (any substring of a source), and 《…》 (anchored: the source
 must have the same 《title》, so a law is never named by half its title). A quote closes only after
 ``min_chars`` characters (6, what the answer verifier checks: '"sha"' supports nothing), starts and ends
 on a word edge of its source, never holds its own opener (“ inside “…” means the copy ran past the
-quote's end) and only opens where its source has room for ``min_chars``; no ” or 》 closes a quote
-that never opened. Sources are numbered from 1, and
-a citation marker written right after a quote ("…”[2]") must name a source that holds it.
+quote's end) and only opens where its source has room for ``min_chars``. Sources are numbered from 1,
+and a citation marker written right after a quote ("…”[2]") must name a source that holds it.
 
 The constraint works on bytes, so a byte-level token that ends inside a UTF-8 character (the tiny
 model's 8k vocabulary spells “ as two tokens) is judged by the character it completes. When no

@@ -116,12 +116,16 @@ def quotes_in_passages(text: str, hits: list) -> bool:
     return bool(quotes) and all(any(q in p for p in passages) for q in quotes)
 
 
+def is_chinese(question: str) -> bool:
+    return bool(re.search(r"[\u4e00-\u9fff]", question))
+
+
 def grounded_choices(q: dict, hits: list) -> tuple[list[dict], dict[str, str]]:
     """The prompt and the grounded candidates' scoring heads (head -> article), in retrieval order."""
     from apps.legal.prompt import BUDGETS, build_messages, grounded_candidates
 
     messages, evidence = build_messages(q["question"], hits, BUDGETS[0])
-    zh = bool(re.search(r"[\u4e00-\u9fff]", q["question"]))
+    zh = is_chinese(q["question"])
     articles = list(grounded_candidates(q["question"], evidence, "zh" if zh else "en"))
     return messages, {(f"依据{a}" if zh else a): a for a in articles}
 
@@ -215,7 +219,7 @@ def main(argv=None) -> int:
                 answer = answerer.answer(q["question"], hits)
                 times.append(time.perf_counter() - t)
                 rows.append({**score(q, hits, answer), "choice": choice, "mode": answer.mode,
-                             "zh": bool(re.search(r"[\u4e00-\u9fff]", q["question"]))})
+                             "zh": is_chinese(q["question"])})
                 shown = result["examples"].setdefault(f"{label}:{answer.mode.split(' ')[0]}", [])
                 if len(shown) < 3:  # a few of each outcome: the model's own text, and fallbacks
                     shown.append({"question": q["question"], "gold": q["gold_statute"],

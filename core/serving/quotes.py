@@ -138,10 +138,14 @@ class QuoteConstraint:
         allowed: set[int] = set()
         judged: dict[bytes, bool] = {}
         for cont in self._continuations(pair, content):
-            for n in range(1, len(cont) + 1):
-                if cont[:n] not in self.table.prefixes:
+            for n in range(len(cont) + 1):
+                head = cont[:n]
+                if n and head not in self.table.prefixes:
                     break  # no token spells these bytes, nor any longer run of them
-                ids = self.table.by_bytes.get(cont[:n])
+                for tid, missing in self.table.closing[pair.closer].get(head, ()):  # closes after them
+                    if tid not in allowed and self.copies(generated + self.table.bytes[tid] + missing):
+                        allowed.add(tid)
+                ids = self.table.by_bytes.get(head) if n else None
                 if not ids:
                     continue
                 # Judged on the whole character it starts: b"\xe2\x80" may begin “ (not allowed inside
@@ -151,10 +155,6 @@ class QuoteConstraint:
                     judged[piece] = self.copies(generated + piece)
                 if judged[piece]:
                     allowed.update(ids)
-            for n in range(len(cont) + 1):  # tokens that close the quote after n more copied bytes
-                for tid, missing in self.table.closing[pair.closer].get(cont[:n], ()):
-                    if self.copies(generated + self.table.bytes[tid] + missing):
-                        allowed.add(tid)
         for k in range(1, len(pair.closer)):  # a closer begun by the last token: its rest
             if content.endswith(pair.closer[:k]):
                 for tid in self.table.finishing[pair.closer[k:]]:
@@ -168,7 +168,7 @@ class QuoteConstraint:
 
     def _continuations(self, pair: QuotePair, content: bytes) -> set[bytes]:
         """The bytes that follow each occurrence of the open quote in a source (up to a token's length)."""
-        prefix = (pair.opener if pair.anchored else b"") + content
+        prefix = self._held(pair, content, closed=False)
         out = set()
         for source in self.sources:
             at = source.find(prefix)
@@ -203,7 +203,8 @@ class QuoteConstraint:
             i = end + len(pair.closer)
             marker = _MARKER_AFTER_QUOTE.match(data, i)
             if marker:
-                holding = [str(n) for n, source in enumerate(self.sources, 1) if self._quoted(pair, content) in source]
+                held = self._held(pair, content, closed=True)
+                holding = [str(n) for n, source in enumerate(self.sources, 1) if held in source]
                 digits = marker.group(1).decode()
                 if marker.group(2):
                     if digits not in holding:
@@ -214,8 +215,11 @@ class QuoteConstraint:
                     return _INVALID  # "[" then no number: not a marker this constraint can check
 
     @staticmethod
-    def _quoted(pair: QuotePair, content: bytes) -> bytes:
-        return pair.opener + content + pair.closer if pair.anchored else content
+    def _held(pair: QuotePair, content: bytes, closed: bool) -> bytes:
+        """What a source must hold for this quote: its content, and for an anchored pair its marks too."""
+        if not pair.anchored:
+            return content
+        return pair.opener + content + (pair.closer if closed else b"")
 
     def _closing(self, pair: QuotePair, content: bytes) -> bool:
         """Does ``content`` end in the first bytes of its closer, after a copy that may close there?"""
@@ -234,8 +238,8 @@ class QuoteConstraint:
             except UnicodeDecodeError:  # ends inside a character
                 return False
         if pair.anchored:
-            text = pair.opener + content + (pair.closer if closed else b"")
-            return any(text in source for source in self.sources)
+            held = self._held(pair, content, closed)
+            return any(held in source for source in self.sources)
         # A quote starts, and closes, where a word of the source does: '"sha"' out of "shall" is no quote.
         # An open quote must also have room to grow to min_chars before its source ends or quotes itself:
         # "“……" copied from a window's cut mark ("……”") could never close.
